@@ -1,0 +1,24 @@
+# Set-up is part of each target: the first run creates .venv and installs everything.
+PY := .venv/bin/python
+STAMP := .venv/.installed
+
+.PHONY: demo test setup system-deps
+
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian packages the tests need (PostgreSQL server, Chromium for the browser tests).
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium; fi
+
+demo: $(STAMP)
+	.venv/bin/dreamdpo demo
+
+test: $(STAMP) system-deps
+	.venv/bin/python -m pytest -q

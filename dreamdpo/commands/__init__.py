@@ -1,0 +1,1 @@
+"""CLI command families; see dreamdpo/cli.py."""

@@ -1,0 +1,62 @@
+"""The judge interface: two candidate image batches + prompt → per-view scores, winner, gap.
+
+Winner 'tie' exists for people ("can't tell"); a tie maps to gap 0, so the loss pulls only.
+Model judges never return 'tie': equal scores go to candidate 'a', as in the reference code.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import Tensor
+
+Winner = Literal["a", "b", "tie"]
+
+
+@dataclass
+class JudgeContext:
+    """What a judge may want besides the images (the human judge logs all of it)."""
+
+    step: int = 0
+    t: tuple[int, int] = (0, 0)  # timestep of candidate a, b
+    seeds: tuple[int, int] = (0, 0)  # noise seeds of candidate a, b
+    cameras: list[dict] = field(default_factory=list)
+    render: Tensor | None = None  # [V,3,H,W] the current render, for context
+    run_id: int | None = None
+
+
+@dataclass
+class Judgement:
+    winner: Winner
+    gap: float  # ≥ 0, in the judge's score units (compare with τ in the same units)
+    judge: str  # judge name, as logged
+    scores_a: list[float] | None = None  # per view
+    scores_b: list[float] | None = None
+    raw: str | None = None  # raw model answer or vote summary
+    skip: bool = False  # the step is skipped (human timeout with fallback 'skip', or 'both bad')
+    pair_id: int | None = None  # set when the judge already wrote the pair to the log
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def judgement_from_scores(name: str, scores_a: Tensor, scores_b: Tensor, raw: str | None = None) -> Judgement:
+    """Per-view scores → winner by mean score (ties → 'a'), gap = |mean_a − mean_b|."""
+    sa, sb = float(scores_a.float().mean()), float(scores_b.float().mean())
+    return Judgement(
+        winner="a" if sa >= sb else "b",
+        gap=abs(sa - sb),
+        judge=name,
+        scores_a=[float(x) for x in scores_a.flatten()],
+        scores_b=[float(x) for x in scores_b.flatten()],
+        raw=raw,
+    )
+
+
+class Judge(ABC):
+    name: str
+
+    @abstractmethod
+    def compare(
+        self, images_a: Tensor, images_b: Tensor, prompt: str, context: JudgeContext | None = None
+    ) -> Judgement:
+        """images_*: [V,3,H,W] in [0,1], the V views of each candidate."""
