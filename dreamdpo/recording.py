@@ -1,0 +1,129 @@
+"""How the loop reports what it does, without knowing where it goes.
+
+The optimizer is handed a Recorder. The CLI passes a DbRecorder (the preference log); tests pass
+a ListRecorder; a bare run uses the no-op base class. This keeps torch code free of SQL.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from dreamdpo.images import png_bytes, tile_views, views_png
+from dreamdpo.judges.base import JudgeContext, Judgement
+
+HISTORY_LIMIT = 2000  # points of loss/gap curve kept in the log's run row
+
+
+class Recorder:
+    """No-op recorder; subclasses override what they keep."""
+
+    run_id: int | None = None
+
+    def start(self, config: dict, prompt: str, question: str, backbone: str, judge: str) -> None:
+        pass
+
+    def record(self, judgement: Judgement, images_a: Tensor, images_b: Tensor, context: JudgeContext) -> None:
+        """A judged pair. Judges that already wrote the pair (judgement.pair_id set) are not re-posted."""
+
+    def progress(self, step: int, metrics: dict, preview: Tensor | None = None) -> None:
+        pass
+
+    def control(self) -> str:
+        """'running', 'paused' or 'cancelled' (an admin may pause or cancel a run from the app)."""
+        return "running"
+
+    def finish(self, status: str, outputs: dict | None = None) -> None:
+        pass
+
+
+@dataclass
+class ListRecorder(Recorder):
+    judgements: list[tuple[int, Judgement]] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)
+    status: str | None = None
+
+    def record(self, judgement, images_a, images_b, context):
+        self.judgements.append((context.step, judgement))
+
+    def progress(self, step, metrics, preview=None):
+        self.metrics.append({"step": step, **metrics})
+
+    def finish(self, status, outputs=None):
+        self.status = status
+
+
+class DbRecorder(Recorder):
+    """Writes the run, every model-judged pair and progress into the preference log (db/)."""
+
+    def __init__(self, engine, run_id: int | None = None, preview_every: int = 10):
+        self.engine = engine
+        self.run_id = run_id
+        self.preview_every = preview_every
+        self._history: list[dict] = []
+        self._extra: dict[str, Any] = {}
+
+    def start(self, config, prompt, question, backbone, judge):
+        from db import queue
+
+        if self.run_id is None:
+            self.run_id = queue.create_run(
+                self.engine, prompt, question=question, config=config, backbone=backbone,
+                judge_policy={"judge": judge, **config.get("human", {})},
+            )
+        else:
+            run = queue.get_run(self.engine, self.run_id) or {}
+            self._history = list((run.get("metrics") or {}).get("history", []))
+            self._extra = {k: v for k, v in (run.get("metrics") or {}).items() if k != "history"}
+        queue.set_run_status(self.engine, self.run_id, "running")
+
+    def record(self, judgement, images_a, images_b, context):
+        from db import queue
+
+        if judgement.pair_id is not None:
+            return
+        choice = judgement.winner if not judgement.skip else "skip"
+        render = png_bytes(tile_views(context.render)) if context.render is not None else None
+        sa = sum(judgement.scores_a) / len(judgement.scores_a) if judgement.scores_a else None
+        sb = sum(judgement.scores_b) / len(judgement.scores_b) if judgement.scores_b else None
+        judgement.pair_id = queue.record_model_comparison(
+            self.engine, self.run_id, context.step, views_png(images_a), views_png(images_b),
+            judgement.judge, choice, sa, sb, raw=judgement.raw, render_image=render,
+            t=context.t[0], t_b=context.t[1], seed_a=context.seeds[0], seed_b=context.seeds[1],
+            cameras=context.cameras, kind="live",
+        )
+
+    def progress(self, step, metrics, preview=None):
+        from sqlalchemy.orm import Session
+
+        from db import queue
+
+        self._history.append({"step": step, **metrics})
+        if len(self._history) > HISTORY_LIMIT:  # keep every other old point: bounded row size
+            self._history = self._history[: HISTORY_LIMIT // 2 : 2] + self._history[HISTORY_LIMIT // 2 :]
+        if preview is not None:
+            with Session(self.engine) as s, s.begin():
+                self._extra["preview"] = queue.put_image(s, views_png(preview))
+        queue.set_run_status(self.engine, self.run_id, None, step=step,
+                             metrics={"history": self._history, **self._extra})
+
+    def control(self):
+        from db import queue
+
+        run = queue.get_run(self.engine, self.run_id)
+        status = (run or {}).get("status", "running")
+        return status if status in ("paused", "cancelled") else "running"
+
+    def finish(self, status, outputs=None):
+        from sqlalchemy.orm import Session
+
+        from db import queue
+
+        if outputs and outputs.get("contact_sheet_png"):
+            with Session(self.engine) as s, s.begin():
+                self._extra["turntable"] = queue.put_image(s, outputs["contact_sheet_png"])
+        if outputs:
+            self._extra["outputs"] = {k: v for k, v in outputs.items() if isinstance(v, str)}
+        queue.set_run_status(self.engine, self.run_id, status,
+                             metrics={"history": self._history, **self._extra})
