@@ -1,0 +1,93 @@
+"""`dreamdpo run`: one optimization from a prompt; every judged pair goes to the preference log."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("run", help="optimize a 3D object from a text prompt (DreamDPO, or SDS with --judge none)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--prompt", help="text prompt, e.g. \"a red cube\"")
+    p.add_argument("--backbone", help="'toy' (embedded, CPU) or a diffusers model id / local path, "
+                                      "e.g. stabilityai/stable-diffusion-2-1-base")
+    p.add_argument("--judge", help="none (SDS) | toy-reward | imagereward | hpsv2 | human")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--tau", type=float, help="threshold on the judge's score gap (judge units)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", help="output directory (default outputs/<run-name>)")
+    p.add_argument("--config", help="YAML file with any RunConfig keys")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--db", help="preference log URL or SQLite path (default $DREAMDPO_DB or ./dreamdpo-data/log.sqlite)")
+    p.add_argument("--no-log", action="store_true", help="do not write judged pairs to the preference log")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. dpo.tau=0.01 steps=300")
+    p.set_defaults(handler=run_command)
+
+
+def run_command(args) -> int:
+    from dreamdpo.config import load_config
+    from dreamdpo.optimize import optimize
+
+    flags = {"prompt": args.prompt, "backbone": args.backbone, "judge": args.judge, "steps": args.steps,
+             "seed": args.seed, "device": args.device, "out": args.out}
+    if args.tau is not None:
+        flags["dpo"] = {"tau": args.tau}
+    cfg = load_config(args.config, flags, args.overrides)
+    judge, recorder = prepare_run(cfg, db_url=None if args.no_log else (args.db or ""), resume=args.resume)
+    result = optimize(cfg, judge=judge, recorder=recorder, resume=args.resume, progress=not args.quiet)
+    print(f"{result.status}: {result.steps_done} steps; outputs in {result.out_dir}")
+    for name, path in result.outputs.items():
+        if isinstance(path, str):
+            print(f"  {name}: {path}")
+    if recorder.run_id is not None:
+        print(f"  logged as run {recorder.run_id}")
+    return 0 if result.status == "finished" else 1
+
+
+def prepare_run(cfg, db_url: str | None, resume: bool):
+    """The judge and the recorder of a run. db_url None → no log; "" → the default log.
+
+    The run's row in the log is created here and its id kept in <out>/log.json, so that
+    `--resume` continues the same run in the log."""
+    import json
+    from pathlib import Path
+
+    from dreamdpo.optimize import load_model_judge, resolve_device
+    from dreamdpo.recording import DbRecorder, Recorder
+
+    device = resolve_device(cfg.device)
+    out_dir = Path(cfg.out or Path("outputs") / cfg.run_name())
+    cfg.out = str(out_dir)
+    if db_url is None:
+        if cfg.judge == "human":
+            from dreamdpo.errors import UserError
+
+            raise UserError("--judge human needs the preference log; drop --no-log")
+        return load_model_judge(cfg.judge, device, cfg.judge_weights), Recorder()
+
+    from db import queue
+    from db.engine import connect
+
+    engine = connect(db_url or None)
+    link = out_dir / "log.json"
+    run_id = None
+    if resume and link.exists():
+        run_id = json.loads(link.read_text())["run_id"]
+    if run_id is None:
+        from dreamdpo.config import plain
+
+        run_id = queue.create_run(engine, cfg.prompt, question=cfg.human.question, config=cfg.to_dict(),
+                                  backbone=cfg.backbone, judge_policy={"judge": cfg.judge,
+                                                                       "assist_judge": cfg.assist_judge,
+                                                                       **plain(vars(cfg.human))})
+        out_dir.mkdir(parents=True, exist_ok=True)
+        link.write_text(json.dumps({"run_id": run_id}))
+    if cfg.judge == "human":
+        from dreamdpo.judges.human import HumanJudge
+
+        assist = load_model_judge(cfg.assist_judge, device, cfg.judge_weights)
+        judge = HumanJudge(engine, cfg.human, model_judge=assist, seed=cfg.seed)
+    else:
+        judge = load_model_judge(cfg.judge, device, cfg.judge_weights)
+    return judge, DbRecorder(engine, run_id=run_id)

@@ -1,0 +1,223 @@
+"""Typed run configuration: dataclasses, a YAML file, and dotted `key=value` overrides.
+
+Precedence (lowest first): dataclass defaults (the paper's reference values, METHOD.md §3) →
+the backbone's defaults (the toy world's CPU-sized settings when backbone == "toy") →
+`--config run.yaml` → command-line flags → `key=value` overrides.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dreamdpo.cameras import CameraConfig
+from dreamdpo.errors import UserError
+from dreamdpo.field import FieldConfig
+from dreamdpo.judges.human import HumanPolicy
+from dreamdpo.losses import DPOConfig
+from dreamdpo.render import RenderConfig
+
+JUDGES = ("none", "toy-reward", "imagereward", "hpsv2", "human")
+
+
+@dataclass
+class ScheduleConfig:
+    # timestep range as fractions of the prior's training steps, annealed linearly (METHOD.md §3)
+    t_start: tuple[float, float] = (0.98, 0.98)
+    t_end: tuple[float, float] = (0.02, 0.50)
+    t_anneal_steps: int = 8000
+    resolution: int = 64
+    # (step, resolution): renders switch to `resolution` at `step`
+    resolution_milestones: list[tuple[int, int]] = field(default_factory=lambda: [(5000, 256)])
+    orientation_weights: tuple[float, float] = (10.0, 1000.0)
+    orientation_ramp: tuple[int, int] = (0, 5000)
+    sparsity_weight: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    lr_grid: float = 1e-2
+    lr_mlp: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-15
+    weight_decay: float = 0.0
+
+
+@dataclass
+class RunConfig:
+    prompt: str = "a red cube"
+    negative_prompt: str = ""
+    backbone: str = "toy"  # "toy" or a diffusers Stable-Diffusion-style model id / local path
+    judge: str = "toy-reward"  # one of JUDGES; "none" = SDS
+    judge_weights: str | None = None  # local weights for imagereward / hpsv2
+    # with judge == "human": the model judge working beside people (fallback on timeout, the steps
+    # people skip by cadence, audit sampling); "none" = people only
+    assist_judge: str = "toy-reward"
+    steps: int = 10000
+    seed: int = 0
+    out: str | None = None  # default outputs/<run-name>
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    guidance_scale: float = 7.5
+    view_dependent_prompts: bool = False
+    background: str = "envmap"  # envmap (neural, random solid-colour augmentation) | solid (white)
+    batch_size: int | None = None  # renders per step; a multiple of the prior's views (None = one group)
+    checkpoint_every: int = 500
+    preview_every: int = 10
+    test_views: int = 40
+    test_resolution: int = 128
+    export_mesh: bool = True
+    mesh_resolution: int = 128
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    field: FieldConfig = field(default_factory=FieldConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    human: HumanPolicy = field(default_factory=HumanPolicy)
+
+    def to_dict(self) -> dict:
+        """Plain data (tuples as lists), so the config round-trips through YAML and JSON."""
+        return plain(asdict(self))
+
+    def run_name(self) -> str:
+        words = "".join(c if c.isalnum() else "-" for c in self.prompt.lower()).strip("-")
+        words = "-".join(w for w in words.split("-") if w)[:40]
+        return f"{words}-{self.judge}-s{self.seed}"
+
+
+def plain(obj):
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def backbone_defaults(backbone: str) -> dict:
+    if backbone == "toy":
+        from dreamdpo.toyworld import toy_defaults
+
+        return toy_defaults()
+    return {}
+
+
+# ---------- building a config from nested dicts and dotted overrides ----------
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{key}' must be a mapping of fields of {tp.__name__}")
+        return _from_dict(tp, value, prefix=key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, key)
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise UserError(f"config key '{key}' must be one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{key}' must be a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise UserError(f"config key '{key}' needs {len(args)} values, got {len(value)}")
+            return tuple(_coerce(a, v, key) for a, v in zip(args, value))
+        item = args[0] if args else Any
+        return origin(_coerce(item, v, key) for v in value)
+    if tp in (int, float, str, bool):
+        if tp is bool and not isinstance(value, bool):
+            raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+        if tp is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, tp):
+            raise UserError(f"config key '{key}' must be {tp.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _from_dict(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise UserError(
+            f"unknown config key '{prefix}{sorted(unknown)[0]}'; known keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["dpo.tau=0.01", "steps=200"] → {"dpo": {"tau": 0.01}, "steps": 200} (values parsed as YAML)."""
+    tree: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not key=value (example: dpo.tau=0.01)")
+        key, raw = item.split("=", 1)
+        node = tree
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return tree
+
+
+def load_config(
+    yaml_path: str | Path | None = None, flags: dict | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """Resolve a RunConfig from every layer (see module docstring) and validate it."""
+    layers: dict = {}
+    if yaml_path is not None:
+        try:
+            loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        except FileNotFoundError:
+            raise UserError(f"config file {yaml_path} does not exist") from None
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {yaml_path} is not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file {yaml_path} must hold a mapping of keys")
+        layers = _merge(layers, loaded)
+    layers = _merge(layers, {k: v for k, v in (flags or {}).items() if v is not None})
+    layers = _merge(layers, parse_overrides(overrides or []))
+    backbone = layers.get("backbone", RunConfig.backbone)
+    merged = _merge(backbone_defaults(backbone), layers)
+    cfg = _from_dict(RunConfig, merged)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    if not cfg.prompt.strip():
+        raise UserError("the prompt is empty; pass --prompt \"a red cube\" (or any description)")
+    if cfg.judge not in JUDGES:
+        raise UserError(f"unknown judge '{cfg.judge}'; choose one of: {', '.join(JUDGES)}")
+    if cfg.assist_judge not in JUDGES or cfg.assist_judge == "human":
+        raise UserError(f"unknown assist_judge '{cfg.assist_judge}'; choose a model judge or none")
+    if cfg.dpo.tau < 0:
+        raise UserError(f"tau must be ≥ 0 (it is a threshold on the judge's score gap), got {cfg.dpo.tau}")
+    if cfg.background not in ("envmap", "solid"):
+        raise UserError(f"background must be 'envmap' or 'solid', got '{cfg.background}'")
+    if cfg.steps < 1:
+        raise UserError(f"steps must be ≥ 1, got {cfg.steps}")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        raise UserError(f"batch_size must be ≥ 1, got {cfg.batch_size}")
+    if cfg.checkpoint_every < 1:
+        raise UserError(f"checkpoint_every must be ≥ 1, got {cfg.checkpoint_every}")

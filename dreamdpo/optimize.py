@@ -1,0 +1,390 @@
+"""The DreamDPO loop, top to bottom: cameras → render → pair → judge → gradient → AdamW step.
+
+METHOD.md §1 is the maths. Every random draw of step k (cameras, background, timesteps, both
+noises) comes from generators seeded by (seed, k), so `--resume` continues bit-for-bit and every
+logged pair can be regenerated from its seeds. `--judge none` is SDS, the baseline.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from dreamdpo import losses
+from dreamdpo.cameras import Cameras, orbit_cameras, random_cameras
+from dreamdpo.config import RunConfig
+from dreamdpo.errors import UserError
+from dreamdpo.field import EnvMapBackground, NeRFField, SolidBackground
+from dreamdpo.judges.base import Judge, JudgeContext, Judgement
+from dreamdpo.priors.base import DiffusionPrior
+from dreamdpo.recording import Recorder
+from dreamdpo.render import Renderer
+
+# streams of the per-step random generators
+CAMERAS, BACKGROUND, TIMESTEP, NOISE_A, NOISE_B = range(5)
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    status: str  # finished | cancelled
+    steps_done: int
+    metrics: list[dict] = field(default_factory=list)
+    test_views: torch.Tensor | None = None  # [N,3,H,W] turntable frames in [0,1]
+    test_cameras: Cameras | None = None
+    outputs: dict = field(default_factory=dict)
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A distinct 63-bit seed per (run seed, step, stream); pure arithmetic, so stable across runs."""
+    return ((seed * 1_000_003 + step) * 7919 + stream * 104_729 + 17) % (2**63 - 1)
+
+
+def generator(seed: int, step: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(step_seed(seed, step, stream))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def resolution_at(cfg: RunConfig, step: int) -> int:
+    res = cfg.schedule.resolution
+    for milestone, r in sorted(cfg.schedule.resolution_milestones):
+        if step >= milestone:
+            res = r
+    return res
+
+
+def build_scene(cfg: RunConfig, device: torch.device) -> tuple[NeRFField, torch.nn.Module, Renderer]:
+    nerf = NeRFField(cfg.field).to(device)
+    background = (EnvMapBackground() if cfg.background == "envmap" else SolidBackground()).to(device)
+    return nerf, background, Renderer(nerf, background, cfg.render).to(device)
+
+
+def load_prior(cfg: RunConfig, device: torch.device) -> DiffusionPrior:
+    if cfg.backbone == "toy":
+        from dreamdpo.toyworld.prior import ToyPrior
+
+        return ToyPrior.build(device=device)
+    from dreamdpo.priors.stable_diffusion import StableDiffusionPrior
+
+    return StableDiffusionPrior.from_pretrained(
+        cfg.backbone, device=device, view_dependent_prompts=cfg.view_dependent_prompts,
+        resolution=cfg.schedule.resolution,
+    )
+
+
+def load_model_judge(name: str, device: torch.device, weights: str | None = None) -> Judge | None:
+    """Model judges by name; 'none' → None (SDS). The human judge is built by the CLI (it needs the log)."""
+    if name == "none":
+        return None
+    if name == "toy-reward":
+        from dreamdpo.toyworld.reward import ToyRewardJudge
+
+        return ToyRewardJudge.load(device=device)
+    if name == "human":
+        raise UserError("the human judge needs the preference log: run it through `dreamdpo run --judge human`")
+    from dreamdpo.judges.reward import load_judge
+
+    return load_judge(name, device=device, weights=weights)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, step: int, nerf, background, renderer, optimizer, cfg: RunConfig) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "step": step,
+        "renderer": renderer.state_dict(),  # includes field and background parameters
+        "optimizer": optimizer.state_dict(),
+        "config": cfg.to_dict(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
+
+
+def load_checkpoint(path: Path, renderer, optimizer, device) -> int:
+    if not path.exists():
+        raise UserError(f"no checkpoint to resume from at {path}; run without --resume to start fresh")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        renderer.load_state_dict(state["renderer"])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["step"])
+    except Exception as e:  # torch raises many types for a damaged file
+        raise UserError(
+            f"checkpoint {path} is damaged or from another configuration ({type(e).__name__}); "
+            "delete it or resume from an earlier one"
+        ) from None
+
+
+# ---------------------------------------------------------------- the gradient of one step
+
+
+@dataclass
+class Candidates:
+    """Both pair members of one step for the whole batch (one prior call)."""
+
+    t: torch.Tensor  # [2, B] integer timesteps of members a, b
+    noise: torch.Tensor  # [2, B, ...]
+    eps_cfg: torch.Tensor  # [2, B, ...]
+    eps_cond: torch.Tensor  # [2, B, ...]
+    images: torch.Tensor  # [2, B, 3, H, W] decoded one-step estimates x̂0 (what judges see)
+
+
+def make_candidates(
+    prior: DiffusionPrior, z: torch.Tensor, cams: Cameras, cond, cfg: RunConfig, step: int, two: bool
+) -> Candidates:
+    """Noise the latent with two noises at one t (or, variant 'timestep', one noise at t1 ≠ t2) and run
+    ONE batched prior call for both members. With two=False (SDS) member b is a copy of a."""
+    B, T = z.shape[0], prior.num_train_timesteps
+    g_t = generator(cfg.seed, step, TIMESTEP)
+    timestep_variant = two and cfg.dpo.variant == "timestep"
+    t_a, t_b = losses.sample_timesteps(
+        step, T, t_start=cfg.schedule.t_start, t_end=cfg.schedule.t_end,
+        anneal_steps=cfg.schedule.t_anneal_steps, distinct=timestep_variant, generator=g_t,
+    )
+    t = torch.tensor([[t_a] * B, [t_b if two else t_a] * B], device=z.device)
+    n_a = torch.randn(z.shape, generator=generator(cfg.seed, step, NOISE_A)).to(z)
+    n_b = n_a if (timestep_variant or not two) else torch.randn(
+        z.shape, generator=generator(cfg.seed, step, NOISE_B)).to(z)
+    noise = torch.stack([n_a, n_b])
+    members = 2 if two else 1
+    with torch.no_grad():
+        zd = z.detach()
+        z_t = torch.cat([prior.add_noise(zd, noise[i], t[i]) for i in range(members)])
+        pred = prior.predict_noise(
+            z_t, t[:members].reshape(-1), cond, cams.repeat(members), cfg.guidance_scale
+        )
+        eps_cfg = pred.eps_cfg.reshape(members, *z.shape)
+        eps_cond = pred.eps_cond.reshape(members, *z.shape)
+        if two:
+            x0 = prior.predict_x0(z_t, pred.eps_cfg, t[:members].reshape(-1))
+            decoded = prior.decode(x0).float()
+            images = decoded.reshape(members, B, *decoded.shape[1:])
+        else:
+            images = torch.empty(0)
+    if not two:
+        eps_cfg, eps_cond = eps_cfg.expand(2, *z.shape), eps_cond.expand(2, *z.shape)
+    return Candidates(t, noise, eps_cfg, eps_cond, images)
+
+
+def injected_gradient(
+    prior: DiffusionPrior, z: torch.Tensor, c: Candidates, verdicts: list[Judgement | None], cfg: RunConfig
+) -> torch.Tensor:
+    """The gradient injected into z (METHOD.md §1.7), per camera group. verdicts[g] is None for SDS."""
+    V = len(z) // len(verdicts)
+    grad = torch.zeros_like(z, dtype=torch.float32)
+    for g, verdict in enumerate(verdicts):
+        sl = slice(g * V, (g + 1) * V)
+        member = lambda i: losses.Member(  # noqa: E731
+            eps_cfg=c.eps_cfg[i, sl].float(), eps_cond=c.eps_cond[i, sl].float(),
+            noise=c.noise[i, sl].float(), w=prior.weight(c.t[i, sl], z[sl]).float(),
+        )
+        if verdict is None:  # SDS
+            m = member(0)
+            grad[sl] = losses.sds_grad(m.eps_cfg, m.noise, m.w)
+        elif verdict.skip:
+            continue
+        else:
+            win, lose = (0, 1) if verdict.winner in ("a", "tie") else (1, 0)
+            gap = 0.0 if verdict.winner == "tie" else verdict.gap
+            grad[sl] = losses.dreamdpo_grad(member(win), member(lose), gap, cfg.dpo)
+    return grad
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def optimize(
+    cfg: RunConfig,
+    *,
+    prior: DiffusionPrior | None = None,
+    judge: Judge | None = None,
+    recorder: Recorder | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    device = resolve_device(cfg.device)
+    out_dir = Path(cfg.out or Path("outputs") / cfg.run_name())
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    if not resume and ckpt_path.exists():
+        raise UserError(f"{out_dir} already holds a run; pass --resume to continue it or --out to start another")
+    prior = prior if prior is not None else load_prior(cfg, device)
+    if judge is None and cfg.judge != "none":
+        judge = load_model_judge(cfg.judge, device, cfg.judge_weights)
+    recorder = recorder or Recorder()
+
+    V = prior.n_views
+    B = cfg.batch_size or V
+    if B % V:
+        raise UserError(f"batch_size {B} is not a multiple of the prior's {V} views; use {V * max(1, B // V)}")
+    camera_cfg = dataclasses.replace(cfg.camera, n_views=V)
+
+    torch.manual_seed(cfg.seed)  # parameter initialisation
+    nerf, background, renderer = build_scene(cfg, device)
+    o = cfg.optim
+    groups = nerf.param_groups(lr_grid=o.lr_grid, lr_mlp=o.lr_mlp) + [
+        {"params": list(background.parameters()), "lr": o.lr_mlp}
+    ]
+    groups = [g for g in groups if len(list(g["params"]))]
+    optimizer = torch.optim.AdamW(groups, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+
+    start = load_checkpoint(ckpt_path, renderer, optimizer, device) if resume else 0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    cond = prior.encode_prompt(cfg.prompt, cfg.negative_prompt)
+    recorder.start(cfg.to_dict(), cfg.prompt, cfg.human.question, cfg.backbone, cfg.judge)
+
+    metrics: list[dict] = []
+    csv_file = open(out_dir / "metrics.csv", "a" if resume else "w", newline="")
+    writer = None
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="dreamdpo", unit="step")
+    status, step = "finished", start
+    last_control = 0.0
+    try:
+        for step in range(start, cfg.steps):
+            if time.monotonic() - last_control > 0.5:  # an admin may pause or cancel from the app
+                state = recorder.control()
+                while state == "paused":
+                    time.sleep(0.5)
+                    state = recorder.control()
+                last_control = time.monotonic()
+                if state == "cancelled":
+                    status = "cancelled"
+                    break
+
+            tick = _Timer(device)
+            renderer.train()
+            if hasattr(renderer, "update_occupancy"):
+                renderer.update_occupancy(step)
+            # 1. cameras and render
+            cams = random_cameras(camera_cfg, B // V, generator(cfg.seed, step, CAMERAS)).to(device)
+            res = resolution_at(cfg, step)
+            out = renderer(cams, res, res, generator=generator(cfg.seed, step, BACKGROUND))
+            z = prior.encode(out.rgb)
+            tick("render")
+            # 2. the pair: one t, two noises, one batched prior call
+            c = make_candidates(prior, z, cams, cond, cfg, step, two=judge is not None)
+            tick("prior")
+            # 3. the judge, per camera group
+            verdicts: list[Judgement | None] = [None] * (B // V)
+            if judge is not None:
+                for g in range(B // V):
+                    sl = slice(g * V, (g + 1) * V)
+                    ctx = JudgeContext(
+                        step=step, t=(int(c.t[0, 0]), int(c.t[1, 0])),
+                        seeds=(step_seed(cfg.seed, step, NOISE_A), step_seed(cfg.seed, step, NOISE_B)),
+                        cameras=cams[sl].as_dicts(), render=out.rgb[sl].detach(), run_id=recorder.run_id,
+                    )
+                    verdicts[g] = judge.compare(c.images[0, sl], c.images[1, sl], cfg.prompt, ctx)
+                    recorder.record(verdicts[g], c.images[0, sl], c.images[1, sl], ctx)
+            tick("judge")
+            # 4. gradient injected into z, regularisers, AdamW step
+            grad = injected_gradient(prior, z, c, verdicts, cfg)
+            loss = losses.surrogate_loss(z.float(), grad)
+            w_orient = losses.orientation_weight(
+                step, ramp=cfg.schedule.orientation_ramp, weights=cfg.schedule.orientation_weights)
+            loss = loss + w_orient * out.orientation
+            if cfg.schedule.sparsity_weight:
+                loss = loss + cfg.schedule.sparsity_weight * losses.sparsity_loss(out.opacity)
+            skipped = judge is not None and all(v.skip for v in verdicts)
+            optimizer.zero_grad(set_to_none=True)
+            if not skipped:
+                loss.backward()
+                optimizer.step()
+            tick("backward")
+
+            row = {
+                "step": step, "loss": float(loss), "grad_norm": float(grad.norm()),
+                "t_a": int(c.t[0, 0]), "t_b": int(c.t[1, 0]), "resolution": res,
+                "opacity": float(out.opacity_mean), **tick.times,
+            }
+            if judge is not None:
+                v = verdicts[0]
+                row.update(winner=v.winner, gap=float(v.gap), skip=int(v.skip),
+                           push=int(not v.skip and v.winner != "tie" and v.gap >= cfg.dpo.tau),
+                           source=v.extra.get("source", v.judge))
+            metrics.append(row)
+            if writer is None:
+                writer = csv.DictWriter(csv_file, fieldnames=list(row), extrasaction="ignore")
+                if not resume or csv_file.tell() == 0:
+                    writer.writeheader()
+            writer.writerow(row)
+            preview = out.rgb.detach() if (step + 1) % cfg.preview_every == 0 else None
+            recorder.progress(step, {k: row[k] for k in ("loss", "gap", "winner", "judge_ms") if k in row}, preview)
+            bar.set_postfix({k: (f"{row[k]:.3g}" if isinstance(row[k], float) else row[k])
+                             for k in ("loss", "gap", "judge_ms") if k in row})
+            bar.update(1)
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                save_checkpoint(ckpt_path, step + 1, nerf, background, renderer, optimizer, cfg)
+        else:
+            step = cfg.steps
+    except KeyboardInterrupt:  # Ctrl-C: the last checkpoint stays; `--resume` continues
+        recorder.finish("paused")
+        raise
+    except Exception:
+        recorder.finish("failed")
+        raise
+    finally:
+        bar.close()
+        csv_file.close()
+
+    result = RunResult(out_dir=out_dir, status=status, steps_done=step if status == "cancelled" else cfg.steps,
+                       metrics=metrics)
+    if status == "finished":
+        result.outputs, result.test_views, result.test_cameras = export_outputs(cfg, renderer, nerf, out_dir)
+    recorder.finish(status, result.outputs)
+    return result
+
+
+def export_outputs(cfg: RunConfig, renderer: Renderer, nerf: NeRFField, out_dir: Path):
+    """Turntable (frames, GIF, contact sheet) and mesh of the finished object."""
+    from dreamdpo import export
+
+    frames = export.render_turntable(renderer, n_frames=cfg.test_views, resolution=cfg.test_resolution)
+    outputs = dict(export.save_turntable(frames, out_dir / "turntable"))
+    sheet = outputs.get("contact_sheet")
+    if sheet:
+        outputs["contact_sheet_png"] = Path(sheet).read_bytes()
+    if cfg.export_mesh:
+        try:
+            mesh = export.extract_mesh(nerf, resolution=cfg.mesh_resolution)
+            for suffix in (".obj", ".glb"):
+                export.save_mesh(out_dir / f"mesh{suffix}", *mesh)
+                outputs[f"mesh{suffix}"] = str(out_dir / f"mesh{suffix}")
+        except UserError as e:
+            warnings.warn(f"no mesh written: {e}", stacklevel=2)
+    import numpy as np
+
+    views = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
+    return outputs, views, orbit_cameras(cfg.test_views)
+
+
+class _Timer:
+    """Wall time of each phase of a step, in ms (synchronising CUDA so the numbers are honest)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.times, self.last = device, {}, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.times[f"{name}_ms"] = (now - self.last) * 1000.0
+        self.last = now
