@@ -1,0 +1,96 @@
+"""Tiny random-weight diffusers models built in code and saved like a real hub folder.
+
+`make_tiny_sd(path)` writes the Stable Diffusion layout (unet/, vae/, text_encoder/, tokenizer/,
+scheduler/) with `save_pretrained`, so tests load it through the same loader users call.
+No network: the CLIP tokenizer's vocab.json and merges.txt are written here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte → printable unicode table (the byte-level BPE alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+# a few merges so that common words become single tokens (and the vocab is not only bytes)
+MERGES = [("r", "e"), ("e", "d</w>"), ("c", "u"), ("cu", "b"), ("cub", "e</w>"), ("a", "n"), ("t", "h")]
+
+
+def write_clip_tokenizer(path: str | Path, model_max_length: int = 77) -> Path:
+    """A byte-level CLIP BPE tokenizer (vocab.json + merges.txt) loadable with CLIPTokenizer.from_pretrained."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    alphabet = list(bytes_to_unicode().values())
+    tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in MERGES]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in MERGES) + "\n")
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "model_max_length": model_max_length, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "tokenizer_class": "CLIPTokenizer",
+    }))
+    return path
+
+
+def make_tiny_sd(
+    path: str | Path,
+    latent: bool = True,
+    *,
+    resolution: int = 32,
+    prediction_type: str = "epsilon",
+    model_max_length: int = 77,
+    seed: int = 0,
+) -> str:
+    """Write a tiny SD-style model folder at `path` and return it as a string.
+
+    latent=True: VAE with 8× downsampling (like SD), 4 latent channels; the U-Net works at resolution/8.
+    latent=False: no vae/ folder, a pixel-space U-Net on 3-channel images at `resolution`.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tok_dir = write_clip_tokenizer(root / "tokenizer", model_max_length)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    text_cfg = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    CLIPTextModel(text_cfg).save_pretrained(root / "text_encoder")
+    channels = 4 if latent else 3
+    if latent:
+        AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1, norm_num_groups=4, sample_size=resolution,
+        ).save_pretrained(root / "vae")
+    UNet2DConditionModel(
+        sample_size=resolution // 8 if latent else resolution, in_channels=channels, out_channels=channels,
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8,
+    ).save_pretrained(root / "unet")
+    DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+        prediction_type=prediction_type,
+    ).save_pretrained(root / "scheduler")
+    return str(root)
