@@ -1,0 +1,27 @@
+"""The embedded toy world: analytic renders of coloured primitives, the closed-form toy prior,
+the small learned toy reward, and an independent evaluator. Everything runs on a CPU.
+
+`toy_defaults()` holds the run settings that suit the toy prior (config.py applies them when
+backbone == "toy"); they are layered under the user's YAML, flags and overrides.
+"""
+from __future__ import annotations
+
+
+def toy_defaults() -> dict:
+    """RunConfig overrides (nested dict) for the toy backbone: CPU-sized steps and schedules."""
+    return {
+        "steps": 300,
+        "guidance_scale": 7.5,
+        "background": "solid",  # the bank's renders are on white
+        "test_views": 16,
+        "test_resolution": 64,
+        "export_mesh": False,
+        "checkpoint_every": 100,
+        "schedule": {
+            "t_start": [0.5, 0.9],
+            "t_end": [0.02, 0.5],
+            "t_anneal_steps": 300,
+            "resolution": 64,
+            "resolution_milestones": [],
+        },
+    }
