@@ -211,8 +211,6 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"unknown judge '{cfg.judge}'; choose one of: {', '.join(JUDGES)}")
     if cfg.assist_judge not in JUDGES or cfg.assist_judge == "human":
         raise UserError(f"unknown assist_judge '{cfg.assist_judge}'; choose a model judge or none")
-    if cfg.dpo.tau < 0:
-        raise UserError(f"tau must be ≥ 0 (it is a threshold on the judge's score gap), got {cfg.dpo.tau}")
     if cfg.background not in ("envmap", "solid"):
         raise UserError(f"background must be 'envmap' or 'solid', got '{cfg.background}'")
     if cfg.steps < 1:
