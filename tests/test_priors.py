@@ -186,3 +186,22 @@ def test_bad_inputs_are_one_line_user_errors(latent_dir, tmp_path):
     with pytest.raises(UserError, match="multiple of 8"):
         cases[3]()
     assert StableDiffusionPrior.from_pretrained(latent_dir, resolution=64).encode(torch.rand(1, 3, 16, 16)).shape[-1] == 8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_half_precision_matches_cpu_fp32(latent_dir, prior):
+    gpu = StableDiffusionPrior.from_pretrained(latent_dir, device="cuda")
+    assert gpu.dtype == torch.float16 and next(gpu.unet.parameters()).dtype == torch.float16
+    torch.manual_seed(4)
+    x = torch.rand(2, 3, 32, 32)
+    xg = x.cuda().requires_grad_(True)
+    z = gpu.encode(xg)
+    assert z.dtype == torch.float32 and torch.allclose(z.cpu(), prior.encode(x).detach(), atol=2e-2)
+    z.sum().backward()
+    assert torch.isfinite(xg.grad).all()
+    t, z_t = torch.tensor([300, 600]), torch.randn(2, 4, 4, 4)
+    ref = prior.predict_noise(z_t, t, prior.encode_prompt("a red cube"), cams(2), 7.5)
+    got = gpu.predict_noise(z_t.cuda(), t.cuda(), gpu.encode_prompt("a red cube"), cams(2), 7.5)
+    assert got.eps_cfg.dtype == torch.float32
+    assert torch.allclose(got.eps_cond.cpu(), ref.eps_cond, atol=2e-2)
+    assert torch.allclose(got.eps_cfg.cpu(), ref.eps_cfg, atol=1e-1)  # CFG multiplies fp16 error by 7.5

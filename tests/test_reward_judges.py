@@ -350,3 +350,14 @@ def test_missing_or_bad_weights_are_one_line_errors(tmp_path, monkeypatch, hps_d
         with pytest.raises(UserError, match=expected) as e:
             case()
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_half_precision_scores_match_cpu(hps_dir, ir_dir, hps, imagereward):
+    torch.manual_seed(5)
+    images = torch.rand(2, 3, 64, 64)
+    for cpu_scorer, gpu_scorer in ((hps, HPSv2Scorer.from_pretrained(str(hps_dir), device="cuda")),
+                                   (imagereward, ImageRewardScorer.from_pretrained(str(ir_dir), device="cuda"))):
+        assert gpu_scorer.dtype == torch.float16
+        got = gpu_scorer.score(images.cuda(), "a red cube").cpu()
+        assert torch.allclose(got, cpu_scorer.score(images, "a red cube"), atol=2e-2)
