@@ -150,25 +150,34 @@ class StableDiffusionPrior(DiffusionPrior):
                    prediction_type=scheduler.config.prediction_type)
 
     # ---------------------------------------------------------------- text
-    def _embed(self, text: str) -> Tensor:
+    def _embed(self, text: str) -> tuple[Tensor, str | None]:
+        """Text → [1, L, D] embeddings, and the end of the text that did not fit (None if it all fit)."""
         tok = self.tokenizer
         max_len = tok.model_max_length
-        full = tok(text, truncation=False).input_ids
-        if len(full) > max_len:
-            kept = tok.decode(full[1: max_len - 1])
-            cut = tok.decode(full[max_len - 1: -1])
-            warnings.warn(f"prompt is {len(full)} tokens, the text encoder takes {max_len}: "
-                          f"kept '{kept}', cut '{cut}'", UserWarning, stacklevel=3)
+        full = tok(text, truncation=False, verbose=False).input_ids
+        cut = tok.decode(full[max_len - 1: -1]) if len(full) > max_len else None
         ids = tok(text, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
         mask = ids.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) else None
         with torch.no_grad():
-            return self.text_encoder(ids.input_ids.to(self.device), attention_mask=mask)[0]
+            return self.text_encoder(ids.input_ids.to(self.device), attention_mask=mask)[0], cut
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "") -> SDConditioning:
-        views = {}
+        """Embeddings of the prompt, the negative prompt and (if enabled) the prompt + ', <view> view'.
+        Warns once per text that does not fit the text encoder, saying what was cut."""
+        texts = {"prompt": prompt, "negative prompt": negative_prompt}
         if self.view_dependent_prompts:
-            views = {v: self._embed(f"{prompt}, {v} view") for v in VIEW_SUFFIXES}
-        return SDConditioning(cond=self._embed(prompt), neg=self._embed(negative_prompt), views=views)
+            texts.update({v: f"{prompt}, {v} view" for v in VIEW_SUFFIXES})
+        out, max_len, prompt_cut = {}, self.tokenizer.model_max_length, False
+        for key, text in texts.items():
+            out[key], cut = self._embed(text)
+            view = key in VIEW_SUFFIXES
+            if cut is not None and not (view and prompt_cut):  # a cut prompt is reported once, not per view
+                label = f"{key}-view prompt" if view else key
+                warnings.warn(f"the {label} is longer than the {max_len} tokens the text encoder takes; "
+                              f"this end was cut: '{cut}'", UserWarning, stacklevel=2)
+            prompt_cut = prompt_cut or (key == "prompt" and cut is not None)
+        return SDConditioning(cond=out["prompt"], neg=out["negative prompt"],
+                              views={v: out[v] for v in VIEW_SUFFIXES if v in out})
 
     # ---------------------------------------------------------------- images ↔ z
     def encode(self, images: Tensor) -> Tensor:
