@@ -21,15 +21,24 @@ from dreamdpo.toyworld.render import Placed, layout, render_geometry
 from dreamdpo.toyworld.vocab import COLOURS, SHAPES, parse_prompt
 
 EVAL_RES = 64
-FG_THRESHOLD = 0.25  # colour distance from the background that counts as object
+FG_MIN = 0.12  # smallest colour distance from the background that can count as object
 MIN_PIXELS = 6  # fewer visible pixels than this: the colour of that object is undetermined
 
 
 def foreground(images: Tensor) -> Tensor:
-    """[V,3,H,W] → bool [V,H,W]: pixels far from the median colour of the image border."""
+    """[V,3,H,W] → bool [V,H,W]: pixels far from the median colour of the image border.
+
+    The threshold is half the view's typical object contrast, so a pixel counts as object when
+    about half of it is covered — the same rule as the analytic silhouettes (coverage > 0.5)."""
     border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., :, 0], images[..., :, -1]], dim=-1)
     bg = border.median(dim=-1).values  # [V,3]
-    return (images - bg[:, :, None, None]).norm(dim=1) > FG_THRESHOLD
+    dist = (images - bg[:, :, None, None]).norm(dim=1)  # [V,H,W]
+    out = torch.zeros_like(dist, dtype=torch.bool)
+    for v in range(dist.shape[0]):
+        strong = dist[v][dist[v] > FG_MIN]
+        contrast = float(strong.median()) if strong.numel() else 1.0
+        out[v] = dist[v] > max(FG_MIN, 0.5 * contrast)
+    return out
 
 
 def classify_colours(pixels: Tensor) -> tuple[str | None, float]:
