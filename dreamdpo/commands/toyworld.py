@@ -19,7 +19,7 @@ def add_commands(sub) -> None:
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="output folder (default: the shipped dreamdpo/assets/toy-reward)")
-    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--steps", type=int, default=2000)
     t.add_argument("--minutes", type=float, default=10.0, help="safety cap: stop early after this long")
     t.set_defaults(handler=train_reward_command)
 

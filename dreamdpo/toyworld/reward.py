@@ -222,11 +222,23 @@ def ranking_accuracy(model: ToyRewardModel, ex: dict) -> dict:
     return out
 
 
-def train_reward(seed: int = 0, out_dir: str | Path | None = None, minutes: float = 10.0, steps: int = 3000,
+def train_reward(seed: int = 0, out_dir: str | Path | None = None, minutes: float = 10.0, steps: int = 2000,
                  batch: int = 128, pool: int = 20000, x0_fraction: float = 0.5, progress: bool = True,
                  prior=None, bank_opts: dict | None = None, held_out: int = 600) -> dict:
     """Train the toy reward (deterministic from `seed`; `minutes` is a safety cap that stops early)
-    and save weights + config + metrics to out_dir (default: the shipped asset folder)."""
+    and save weights + config + metrics to out_dir (default: the shipped asset folder).
+
+    Runs on one thread: reproducible, and on a shared 2-core machine much faster than two
+    OpenMP threads fighting other processes (measured 15 it/s vs ~1 it/s under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(seed, out_dir, minutes, steps, batch, pool, x0_fraction, progress, prior, bank_opts, held_out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(seed, out_dir, minutes, steps, batch, pool, x0_fraction, progress, prior, bank_opts, held_out) -> dict:
     from tqdm import tqdm
 
     from dreamdpo.cameras import CameraConfig, random_cameras
