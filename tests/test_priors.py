@@ -208,3 +208,98 @@ def test_cuda_half_precision_matches_cpu_fp32(latent_dir, prior):
     assert got.eps_cfg.dtype == torch.float32
     assert torch.allclose(got.eps_cond.cpu(), ref.eps_cond, atol=2e-2)
     assert torch.allclose(got.eps_cfg.cpu(), ref.eps_cfg, atol=1e-1)  # CFG multiplies fp16 error by 7.5
+
+
+# ---------------------------------------------------------------- MVDream (4 views, camera-conditioned)
+
+from dreamdpo.priors.mvdream import MultiViewAttnProcessor, MVDreamPrior, camera_condition  # noqa: E402
+from tiny_models import make_tiny_mvdream  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mvdream(latent_dir, tmp_path_factory):
+    pt, ref = make_tiny_mvdream(tmp_path_factory.mktemp("mv") / "sd-v2.1-base-4view.pt", latent_dir)
+    return MVDreamPrior.from_pretrained(pt, base=latent_dir, resolution=32), ref
+
+
+def group_cams(groups):
+    from dreamdpo.cameras import CameraConfig, random_cameras
+
+    return random_cameras(CameraConfig(n_views=4), groups, torch.Generator().manual_seed(0))
+
+
+def test_mvdream_checkpoint_converts_exactly(mvdream):
+    prior, ref = mvdream
+    state = prior.unet.state_dict()
+    assert set(state) == set(ref) and all(torch.equal(state[k], ref[k]) for k in ref)
+    assert prior.n_views == 4 and prior.latent and prior.resolution == 32
+    assert prior.unet.config.class_embed_type == "projection"
+
+
+def test_mvdream_views_of_a_group_attend_jointly(mvdream, prior):
+    mv, _ = mvdream
+    torch.manual_seed(6)
+    z_t, t = torch.randn(8, 4, 4, 4), torch.full((8,), 400)
+    cams8 = group_cams(2)
+    counter = CallCounter(mv.unet)
+    base = mv.predict_noise(z_t, t, mv.encode_prompt("a cube"), cams8, 7.5).eps_cond
+    assert counter.calls == 1 and counter.batches == [16]  # 2 groups × 4 views × [prompt; negative]
+    z2 = z_t.clone()
+    z2[1] += 5.0 * torch.randn(4, 4, 4)  # change view 1 of group 0 only
+    moved = mv.predict_noise(z2, t, mv.encode_prompt("a cube"), cams8, 7.5).eps_cond
+    # small random weights make attention nearly uniform, so the effect is small but far above rounding
+    assert (moved[0] - base[0]).abs().max() > 1e-6  # view 0 sees view 1
+    assert (moved[4:] - base[4:]).abs().max() < 1e-7  # the other group does not
+    sd_base = prior.predict_noise(z_t, t, prior.encode_prompt("a cube"), cams8, 7.5).eps_cond
+    sd_moved = prior.predict_noise(z2, t, prior.encode_prompt("a cube"), cams8, 7.5).eps_cond
+    assert (sd_moved[0] - sd_base[0]).abs().max() < 1e-7  # plain SD views are independent
+
+
+def test_multiview_attention_matches_joint_softmax():
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(7)
+    attn = Attention(query_dim=16, heads=2, dim_head=8)
+    x = torch.randn(8, 5, 16)  # 2 groups × 4 views, 5 tokens each
+    got = MultiViewAttnProcessor(4)(attn, x)
+    joint = x.reshape(2, 20, 16)
+    q, k, v = (lin(joint).reshape(2, 20, 2, 8).transpose(1, 2) for lin in (attn.to_q, attn.to_k, attn.to_v))
+    w = (q @ k.transpose(-1, -2) / math.sqrt(8)).softmax(-1)
+    ref = attn.to_out[0]((w @ v).transpose(1, 2).reshape(2, 20, 16)).reshape(8, 5, 16)
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_mvdream_camera_conditioning(mvdream):
+    mv, _ = mvdream
+    cams4 = group_cams(1)
+    cond = camera_condition(cams4)
+    m = cams4.c2w()
+    assert cond.shape == (4, 16)
+    assert torch.allclose(cond.reshape(4, 4, 4)[:, :3, :3], m[:, :3, :3])
+    assert torch.allclose(cond.reshape(4, 4, 4)[:, :3, 3].norm(dim=1), torch.ones(4), atol=1e-5)
+    z_t, t = torch.randn(4, 4, 4, 4), torch.full((4,), 400)
+    c = mv.encode_prompt("a cube")
+    turned = Cameras(cams4.elevation, cams4.azimuth + 30.0, cams4.distance, cams4.fovy)
+    a = mv.predict_noise(z_t, t, c, cams4, 7.5).eps_cond
+    b = mv.predict_noise(z_t, t, c, turned, 7.5).eps_cond
+    assert not torch.allclose(a, b, atol=1e-5)
+    far = Cameras(cams4.elevation, cams4.azimuth, cams4.distance * 3, cams4.fovy)  # distance is normalised away
+    assert torch.allclose(mv.predict_noise(z_t, t, c, far, 7.5).eps_cond, a, atol=1e-5)
+
+
+def test_mvdream_bad_inputs(mvdream, latent_dir, tmp_path):
+    mv, _ = mvdream
+    with pytest.raises(UserError, match="groups of 4"):
+        mv.predict_noise(torch.randn(6, 4, 4, 4), torch.full((6,), 10), mv.encode_prompt("a"), cams(6), 7.5)
+    with pytest.raises(UserError, match="MVDream/MVDream") as e:
+        MVDreamPrior.from_pretrained(str(tmp_path / "missing.pt"), base=latent_dir)
+    assert "\n" not in str(e.value)
+    no_camera = {k: v for k, v in torch.load(mv_checkpoint(tmp_path, latent_dir))["state_dict"].items()
+                 if "camera_embed" not in k}
+    torch.save(no_camera, tmp_path / "plain.pt")
+    with pytest.raises(UserError, match="camera embedding"):
+        MVDreamPrior.from_pretrained(str(tmp_path / "plain.pt"), base=latent_dir)
+
+
+def mv_checkpoint(tmp_path, latent_dir):
+    return make_tiny_mvdream(tmp_path / "mv.pt", latent_dir)[0]

@@ -94,3 +94,62 @@ def make_tiny_sd(
         prediction_type=prediction_type,
     ).save_pretrained(root / "scheduler")
     return str(root)
+
+
+def diffusers_unet_to_ldm(state: dict, config: dict) -> dict:
+    """UNet2DConditionModel state dict → original ldm (openaimodel) names, the layout MVDream's .pt uses.
+    The inverse of diffusers' convert_ldm_unet_checkpoint for SD-shaped U-Nets (tests check the round trip)."""
+    L = config["layers_per_block"]
+    down_attn = ["CrossAttn" in t for t in config["down_block_types"]]
+    up_attn = ["CrossAttn" in t for t in config["up_block_types"]]
+    n = len(down_attn)
+    prefixes = [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."),
+                ("class_embedding.linear_1.", "camera_embed.0."), ("class_embedding.linear_2.", "camera_embed.2."),
+                ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."),
+                ("mid_block.attentions.0.", "middle_block.1.")]
+    prefixes += [(f"mid_block.resnets.{j}.", f"middle_block.{2 * j}.") for j in range(2)]
+    for i in range(n):
+        for j in range(L):
+            prefixes.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{(L + 1) * i + j + 1}.0."))
+            if down_attn[i]:
+                prefixes.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{(L + 1) * i + j + 1}.1."))
+        if i < n - 1:
+            prefixes.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(L + 1) * (i + 1)}.0.op."))
+        for j in range(L + 1):
+            prefixes.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{(L + 1) * i + j}.0."))
+            if up_attn[i]:
+                prefixes.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{(L + 1) * i + j}.1."))
+        if i < n - 1:
+            prefixes.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(L + 1) * i + L}.{2 if up_attn[i] else 1}."))
+    resnet = [("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("norm2.", "out_layers.0."),
+              ("conv2.", "out_layers.3."), ("time_emb_proj.", "emb_layers.1."), ("conv_shortcut.", "skip_connection.")]
+    out = {}
+    for key, v in state.items():
+        hf, ldm = max(((h, s) for h, s in prefixes if key.startswith(h)), key=lambda p: len(p[0]))
+        rest = key[len(hf):]
+        if ".resnets." in hf:
+            for a, b in resnet:
+                if rest.startswith(a):
+                    rest = b + rest[len(a):]
+                    break
+        out["model.diffusion_model." + ldm + rest] = v
+    return out
+
+
+def make_tiny_mvdream(path: str | Path, base_dir: str | Path, *, seed: int = 1) -> tuple[str, dict]:
+    """An MVDream-format checkpoint (ldm names, camera embedding) for the tiny SD at base_dir.
+    Returns the .pt path and the diffusers state dict it was made from (to check the loader)."""
+    from diffusers import UNet2DConditionModel
+
+    from dreamdpo.priors.mvdream import mvdream_unet_config
+
+    base = UNet2DConditionModel.load_config(Path(base_dir) / "unet")
+    config = mvdream_unet_config(base, sample_size=base["sample_size"])
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(config)
+    for p in unet.parameters():  # diffusers zero-initialises some outputs; random everywhere tests more
+        torch.nn.init.normal_(p, std=0.05)
+    state = unet.state_dict()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": diffusers_unet_to_ldm(state, config)}, path)
+    return str(path), state

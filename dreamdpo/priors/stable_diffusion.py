@@ -216,10 +216,14 @@ class StableDiffusionPrior(DiffusionPrior):
         t = t.expand(n) if t.numel() == 1 else t
         out = self.unet(
             torch.cat([z_t, z_t]).to(self.device, self.dtype), torch.cat([t, t]),
-            encoder_hidden_states=text.to(self.dtype),
+            encoder_hidden_states=text.to(self.dtype), **self._unet_inputs(cameras, n),
         ).sample.float()
         eps_cond, eps_neg = self._to_eps(out, torch.cat([z_t, z_t]).float(), torch.cat([t, t])).chunk(2)
         return NoisePrediction(eps_cfg=eps_neg + guidance_scale * (eps_cond - eps_neg), eps_cond=eps_cond)
+
+    def _unet_inputs(self, cameras: Cameras, n: int) -> dict:
+        """Extra U-Net inputs for the [prompt; negative] batch of 2n (camera conditioning in subclasses)."""
+        return {}
 
     def _to_eps(self, out: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
         """The U-Net's output as a noise prediction, whatever the scheduler's prediction_type."""
