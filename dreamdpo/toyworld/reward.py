@@ -198,7 +198,9 @@ def make_examples(data: ToyData, n: int, x0_fraction: float, fresh_cameras=None,
         caps.append(torch.stack([caption_tensor(s) for s in [scene] + negs]))
         is_x0.append(use_x0)
         two.append(len(scene.objects) == 2)
-    images = F.interpolate(torch.stack(imgs), size=(store_res, store_res), mode="area") if store_res else torch.stack(imgs)
+    res = store_res or 64
+    images = torch.cat([F.interpolate(i[None], size=(res, res), mode="area") if i.shape[-1] != res else i[None]
+                        for i in imgs])
     return {"images": images, "captions": torch.stack(caps),
             "x0": torch.tensor(is_x0), "two": torch.tensor(two)}
 
@@ -341,6 +343,4 @@ class ToyRewardJudge(Judge):
         return self.model.scores(x, cap[None, None].expand(x.shape[0], 1, 2, 2))[:, 0].cpu()
 
     def compare(self, images_a: Tensor, images_b: Tensor, prompt: str, context: JudgeContext | None = None) -> Judgement:
-        both = self.score(torch.cat([images_a, images_b]), prompt)
-        n = images_a.shape[0]
-        return judgement_from_scores(self.name, both[:n], both[n:])
+        return judgement_from_scores(self.name, self.score(images_a, prompt), self.score(images_b, prompt))
