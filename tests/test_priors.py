@@ -303,3 +303,15 @@ def test_mvdream_bad_inputs(mvdream, latent_dir, tmp_path):
 
 def mv_checkpoint(tmp_path, latent_dir):
     return make_tiny_mvdream(tmp_path / "mv.pt", latent_dir)[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_mvdream_cuda_half_precision_matches_cpu(mvdream, latent_dir, tmp_path):
+    mv, _ = mvdream
+    gpu = MVDreamPrior.from_pretrained(mv_checkpoint(tmp_path, latent_dir), base=latent_dir, resolution=32,
+                                       device="cuda")
+    assert gpu.dtype == torch.float16
+    z_t, t, c4 = torch.randn(8, 4, 4, 4), torch.full((8,), 400), group_cams(2)
+    ref = mv.predict_noise(z_t, t, mv.encode_prompt("a cube"), c4, 7.5).eps_cond
+    got = gpu.predict_noise(z_t.cuda(), t.cuda(), gpu.encode_prompt("a cube"), c4.to("cuda"), 7.5).eps_cond
+    assert torch.allclose(got.cpu(), ref, atol=2e-2)
