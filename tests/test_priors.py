@@ -184,7 +184,7 @@ def test_bad_inputs_are_one_line_user_errors(latent_dir, tmp_path):
         with pytest.raises(UserError) as e:
             case()
         assert "\n" not in str(e.value)
-    with pytest.raises(UserError, match="huggingface-cli download someone/not-a-cached-model"):
+    with pytest.raises(UserError, match="hf download someone/not-a-cached-model"):
         cases[1]()
     with pytest.raises(UserError, match="multiple of 8"):
         cases[3]()

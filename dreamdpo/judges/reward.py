@@ -212,7 +212,7 @@ class HPSv2Scorer:
         except Exception:
             raise UserError(
                 f"the HPSv2 text tokenizer '{tok_source}' is not available here; download it on a connected machine "
-                f"(`huggingface-cli download {HPS_TOKENIZER} vocab.json merges.txt tokenizer_config.json "
+                f"(`hf download {HPS_TOKENIZER} vocab.json merges.txt tokenizer_config.json "
                 "special_tokens_map.json`) or put vocab.json and merges.txt beside the checkpoint") from None
         return cls(model, tok, device=device, dtype=dtype)
 
@@ -242,8 +242,8 @@ def _local_tokenizer_dir(folder: Path) -> str | None:
 
 
 def _find_hps_checkpoint(path: str | None) -> Path:
-    how = ("download HPS_v2_compressed.pt or HPS_v2.1_compressed.pt from the hub repo xswu/HPSv2 on a connected "
-           "machine and pass its path (--judge-weights PATH)")
+    how = ("download it on a connected machine (`hf download xswu/HPSv2 HPS_v2_compressed.pt`, or "
+           "HPS_v2.1_compressed.pt) and pass its path (--judge-weights PATH)")
     if path is None:
         for name in HPS_FILES:
             found = _cached_hub_file("xswu/HPSv2", name)
@@ -369,7 +369,7 @@ class ImageRewardScorer:
         except Exception:
             raise UserError(
                 f"ImageReward's text tokenizer '{tok_source}' is not available here; download bert-base-uncased on a "
-                "connected machine (`huggingface-cli download bert-base-uncased vocab.txt tokenizer_config.json`) "
+                "connected machine (`hf download bert-base-uncased vocab.txt tokenizer_config.json`) "
                 "or put its vocab.txt in a tokenizer/ folder beside ImageReward.pt") from None
         tok.add_special_tokens({"bos_token": "[DEC]"})  # as BLIP's init_tokenizer does
         tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
@@ -399,8 +399,8 @@ def _bert_tokenizer_dir(folder: Path) -> str | None:
 
 def _find_imagereward_files(path_or_name: str, med_config: str | None,
                             download_root: str | None) -> tuple[Path, Path]:
-    how = ("download ImageReward.pt and med_config.json from the hub repo THUDM/ImageReward on a connected machine "
-           "and pass their folder (--judge-weights DIR)")
+    how = ("download them on a connected machine (`hf download THUDM/ImageReward ImageReward.pt med_config.json "
+           "--local-dir DIR`) and pass the folder (--judge-weights DIR)")
     if path_or_name == "ImageReward-v1.0":
         root = Path(download_root or os.path.expanduser("~/.cache/ImageReward"))
         ckpt = root / "ImageReward.pt" if (root / "ImageReward.pt").is_file() else _cached_hub_file(

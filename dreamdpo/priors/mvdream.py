@@ -137,7 +137,7 @@ class MVDreamPrior(StableDiffusionPrior):
 
 
 def _find_checkpoint(path: str | None) -> Path:
-    how = (f"download {MVDREAM_FILE} from the hub repo {MVDREAM_REPO} on a connected machine and pass its path")
+    how = (f"download it on a connected machine (`hf download {MVDREAM_REPO} {MVDREAM_FILE}`) and pass its path")
     if path is None:
         from huggingface_hub import try_to_load_from_cache
 

@@ -63,7 +63,7 @@ def resolve_model_dir(model_id_or_path: str, local_files_only: bool | None = Non
     path = Path(model_id_or_path).expanduser()
     if path.is_dir():
         return path
-    how = (f"download it on a connected machine with `huggingface-cli download {model_id_or_path}` "
+    how = (f"download it on a connected machine with `hf download {model_id_or_path}` "
            "(it lands in the Hugging Face cache) or pass a local folder in the diffusers layout")
     looks_like_path = model_id_or_path.startswith(("/", ".", "~")) or model_id_or_path.count("/") != 1
     if looks_like_path:
