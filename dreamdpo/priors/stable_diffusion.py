@@ -214,11 +214,11 @@ class StableDiffusionPrior(DiffusionPrior):
         text = torch.cat([self._text_batch(cond, cameras, n), cond.neg.expand(n, -1, -1)])
         t = t.to(self.device).long().reshape(-1)
         t = t.expand(n) if t.numel() == 1 else t
+        zz, tt = torch.cat([z_t, z_t]).to(self.device), torch.cat([t, t])
         out = self.unet(
-            torch.cat([z_t, z_t]).to(self.device, self.dtype), torch.cat([t, t]),
-            encoder_hidden_states=text.to(self.dtype), **self._unet_inputs(cameras, n),
+            zz.to(self.dtype), tt, encoder_hidden_states=text.to(self.dtype), **self._unet_inputs(cameras, n),
         ).sample.float()
-        eps_cond, eps_neg = self._to_eps(out, torch.cat([z_t, z_t]).float(), torch.cat([t, t])).chunk(2)
+        eps_cond, eps_neg = self._to_eps(out, zz.float(), tt).chunk(2)
         return NoisePrediction(eps_cfg=eps_neg + guidance_scale * (eps_cond - eps_neg), eps_cond=eps_cond)
 
     def _unet_inputs(self, cameras: Cameras, n: int) -> dict:
