@@ -329,7 +329,7 @@ class ImageRewardScorer:
 
     def __init__(self, vision, text, head: RewardHead, tokenizer, device=None, dtype=None):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.dtype = dtype or _default_dtype(self.device)
+        self.dtype = dtype or torch.float32  # the package runs ImageReward in fp32 on every device
         self.vision = vision.to(self.device, self.dtype).eval().requires_grad_(False)
         self.text = text.to(self.device, self.dtype).eval().requires_grad_(False)
         self.head = head.to(self.device, torch.float32).eval().requires_grad_(False)  # the package runs it in fp32
