@@ -27,18 +27,17 @@ def run_comparison(prompts: list[str] = PROMPTS, seeds: list[int] = (0, 1), step
                    device: str = "cpu", test_views: int = 8, overrides: list[str] = (), progress: bool = True,
                    log=print) -> list[dict]:
     """One row per (method, prompt, seed): evaluator metrics of the finished turntable."""
-    from dreamdpo.config import load_config
-    from dreamdpo.optimize import optimize
-    from dreamdpo.toyworld.evaluate import evaluate_views
-    from dreamdpo.toyworld.prior import ToyPrior
-    from dreamdpo.toyworld.reward import ToyRewardJudge
-
     from dreamdpo.errors import UserError
 
     names = list(methods or METHODS)
     for m in names:
         if m not in METHODS:
             raise UserError(f"unknown method '{m}'; choose from: {', '.join(METHODS)}")
+    from dreamdpo.config import load_config
+    from dreamdpo.optimize import optimize
+    from dreamdpo.toyworld.evaluate import evaluate_views
+    from dreamdpo.toyworld.prior import ToyPrior
+    from dreamdpo.toyworld.reward import ToyRewardJudge
     prior = ToyPrior.build(device=device, progress=progress)
     judge = ToyRewardJudge.load(device=device)
     rows = []
