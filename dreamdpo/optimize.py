@@ -75,15 +75,23 @@ def build_scene(cfg: RunConfig, device: torch.device) -> tuple[NeRFField, torch.
 
 
 def load_prior(cfg: RunConfig, device: torch.device) -> DiffusionPrior:
+    """'toy' → the embedded prior; 'mvdream' or 'mvdream:CHECKPOINT' → MVDream (4 views, SD 2.1-base
+    around it); anything else → a diffusers Stable-Diffusion-style model id or local folder. Renders are
+    resized to the model's native resolution (512 for SD 2.1-base, 256 for MVDream), as threestudio does."""
     if cfg.backbone == "toy":
         from dreamdpo.toyworld.prior import ToyPrior
 
         return ToyPrior.build(device=device)
+    if cfg.backbone == "mvdream" or cfg.backbone.startswith("mvdream:"):
+        from dreamdpo.priors.mvdream import MVDreamPrior
+
+        checkpoint = cfg.backbone.partition(":")[2] or None
+        return MVDreamPrior.from_pretrained(checkpoint, device=device,
+                                            view_dependent_prompts=cfg.view_dependent_prompts)
     from dreamdpo.priors.stable_diffusion import StableDiffusionPrior
 
     return StableDiffusionPrior.from_pretrained(
-        cfg.backbone, device=device, view_dependent_prompts=cfg.view_dependent_prompts,
-        resolution=cfg.schedule.resolution,
+        cfg.backbone, device=device, view_dependent_prompts=cfg.view_dependent_prompts
     )
 
 
