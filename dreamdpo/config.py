@@ -63,6 +63,7 @@ class RunConfig:
     out: str | None = None  # default outputs/<run-name>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     guidance_scale: float = 7.5
+    prior_resolution: int | None = None  # size renders are resized to for the prior (None = its native size)
     view_dependent_prompts: bool = False
     background: str = "envmap"  # envmap (neural, random solid-colour augmentation) | solid (white)
     batch_size: int | None = None  # renders per step; a multiple of the prior's views (None = one group)

@@ -86,12 +86,13 @@ def load_prior(cfg: RunConfig, device: torch.device) -> DiffusionPrior:
         from dreamdpo.priors.mvdream import MVDreamPrior
 
         checkpoint = cfg.backbone.partition(":")[2] or None
-        return MVDreamPrior.from_pretrained(checkpoint, device=device,
+        return MVDreamPrior.from_pretrained(checkpoint, device=device, resolution=cfg.prior_resolution,
                                             view_dependent_prompts=cfg.view_dependent_prompts)
     from dreamdpo.priors.stable_diffusion import StableDiffusionPrior
 
     return StableDiffusionPrior.from_pretrained(
-        cfg.backbone, device=device, view_dependent_prompts=cfg.view_dependent_prompts
+        cfg.backbone, device=device, resolution=cfg.prior_resolution,
+        view_dependent_prompts=cfg.view_dependent_prompts,
     )
 
 
