@@ -1,7 +1,6 @@
 """The analytic renderer and the evaluator that judges toy-world results (it is not the toy reward)."""
 import random
 
-import pytest
 import torch
 
 from dreamdpo.cameras import CameraConfig, orbit_cameras, random_cameras
@@ -37,7 +36,6 @@ def test_objects_fit_the_initial_blob_region():
         assert cov[:, :2].sum() == 0 and cov[:, -2:].sum() == 0  # nothing touches the top/bottom border
 
 
-@pytest.mark.slow
 def test_evaluator_names_every_single_object_render():
     cams = random_cameras(CameraConfig(), 6, torch.Generator().manual_seed(1))
     for c in COLOURS:

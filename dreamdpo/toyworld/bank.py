@@ -28,7 +28,7 @@ from dreamdpo.cameras import CameraConfig, Cameras, random_cameras
 from dreamdpo.toyworld.render import AMBIENT, LIGHT, PAIR_SCALE, SIDE_OFFSET, layout, render_geometry
 from dreamdpo.toyworld.vocab import COLOURS, SHAPES
 
-BANK_VERSION = 1  # bump when rendering changes, so old caches are not reused
+BANK_VERSION = 2  # bump when rendering changes, so old caches are not reused
 
 
 @dataclass(frozen=True)

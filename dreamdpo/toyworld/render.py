@@ -21,7 +21,8 @@ from dreamdpo.toyworld.vocab import COLOURS, SHAPES, Scene
 LIGHT = (0.4, 0.25, 1.0)  # world direction towards the light (normalised at use)
 AMBIENT = 0.45
 BACKGROUND = (1.0, 1.0, 1.0)
-BOUND = 1.0  # every object lies inside the sphere of this radius
+# radius of a sphere around the origin holding each unscaled shape (rays that miss it are skipped)
+SHAPE_RADIUS = {"sphere": 0.43, "cube": 0.53, "cone": 0.53, "cylinder": 0.45, "torus": 0.45}
 # a two-object scene: object centres on the world y axis (left = −y), shrunk to fit
 SIDE_OFFSET = 0.45
 PAIR_SCALE = 0.62
@@ -94,8 +95,9 @@ class GeometryMaps:
 def _trace(objects: tuple[Placed, ...], o: Tensor, d: Tensor, iters: int) -> tuple[Tensor, Tensor, Tensor]:
     """Sphere-trace rays [N,3] → hit [N] bool, slot [N] long, normal [N,3]."""
     scene_sdf = lambda p: torch.stack([ob.sdf(p) for ob in objects], dim=-1)  # noqa: E731
+    bound = max(math.dist(ob.centre, (0.0, 0.0, 0.0)) + ob.scale * SHAPE_RADIUS[ob.shape] for ob in objects)
     b = (o * d).sum(-1)
-    disc = b * b - ((o * o).sum(-1) - BOUND**2)
+    disc = b * b - ((o * o).sum(-1) - bound**2)
     hit = torch.zeros(o.shape[0], dtype=torch.bool, device=o.device)
     slot = torch.zeros(o.shape[0], dtype=torch.long, device=o.device)
     normal = torch.zeros_like(o)
@@ -105,9 +107,16 @@ def _trace(objects: tuple[Placed, ...], o: Tensor, d: Tensor, iters: int) -> tup
     oo, dd = o[idx], d[idx]
     sq = disc[idx].sqrt()
     t, t_exit = -b[idx] - sq, -b[idx] + sq
-    for _ in range(iters):
-        dist = scene_sdf(oo + t[:, None] * dd).min(dim=-1).values
-        t = torch.minimum(t + dist, t_exit + 1e-2)
+    live = torch.arange(idx.numel())  # rays still marching; converged or escaped ones drop out
+    for i in range(iters):
+        tl = t[live]
+        dist = scene_sdf(oo[live] + tl[:, None] * dd[live]).min(dim=-1).values
+        tl = torch.minimum(tl + dist, t_exit[live] + 1e-2)
+        t[live] = tl
+        if i % 8 == 7:
+            live = live[(dist.abs() > 2e-4) & (tl < t_exit[live])]
+            if live.numel() == 0:
+                break
     p = oo + t[:, None] * dd
     per_slot = scene_sdf(p)
     dist, which = per_slot.min(dim=-1)
