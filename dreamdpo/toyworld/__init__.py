@@ -18,7 +18,7 @@ def toy_defaults() -> dict:
         "export_mesh": False,
         "checkpoint_every": 100,
         "schedule": {
-            "t_start": [0.5, 0.9],
+            "t_start": [0.02, 0.98],
             "t_end": [0.02, 0.5],
             "t_anneal_steps": 300,
             "resolution": 64,
