@@ -32,7 +32,7 @@ from dreamdpo.cameras import Cameras
 from dreamdpo.priors.base import DiffusionPrior, NoisePrediction
 from dreamdpo.toyworld.bank import Bank, BankConfig, LayoutBank, build_bank
 from dreamdpo.toyworld.render import BACKGROUND
-from dreamdpo.toyworld.vocab import COLOURS, SHAPES, Scene, parse_prompt
+from dreamdpo.toyworld.vocab import COLOURS, SHAPES, Scene, parse_prompt, parse_words
 
 
 @dataclass
@@ -187,21 +187,6 @@ class ToyPrior(DiffusionPrior):
         n = len(cond.words)
         base = eps[n:].mean(0)
         return eps[:n], base
-
-
-def parse_words(text: str) -> list[str]:
-    """Content words of a negative prompt (any known colour or shape word; others are an error)."""
-    from dreamdpo.toyworld.vocab import known_words
-
-    import re
-
-    words = re.sub(r"[^a-z ]+", " ", text.lower()).split()
-    for w in words:
-        if w not in known_words():
-            from dreamdpo.toyworld.vocab import _unknown
-
-            raise _unknown(w, text)
-    return list(dict.fromkeys(w for w in words if w in COLOURS or w in SHAPES))
 
 
 @torch.no_grad()

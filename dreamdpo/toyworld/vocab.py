@@ -109,3 +109,12 @@ def parse_prompt(prompt: str) -> Scene:
     if leftover:
         raise UserError(f"cannot read {prompt!r}: use 'and', 'to the left of' or 'to the right of' between two objects")
     return Scene((_parse_object(tokens, prompt),))
+
+
+def parse_words(text: str) -> list[str]:
+    """The content words (colours, shapes) of free text such as a negative prompt; unknown words are an error."""
+    words = re.sub(r"[^a-z ]+", " ", text.lower()).split()
+    for w in words:
+        if w not in known_words():
+            raise _unknown(w, text)
+    return list(dict.fromkeys(w for w in words if w in COLOURS or w in SHAPES))
