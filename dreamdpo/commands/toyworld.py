@@ -31,6 +31,8 @@ def add_commands(sub) -> None:
     c.add_argument("--steps", type=int, help="optimization steps per run (default: the toy default)")
     c.add_argument("--methods", nargs="+", help="subset of the methods (default: all)")
     c.add_argument("--out", default="outputs/compare-toy")
+    c.add_argument("--workers", type=int, default=1, help="parallel runs (processes of one thread each)")
+    c.add_argument("--device", default="cpu")
     c.add_argument("--json", help="also write the per-run rows to this JSON file")
     c.add_argument("overrides", nargs="*", metavar="key=value", help="RunConfig overrides for every run")
     c.set_defaults(handler=compare_command)
@@ -63,7 +65,8 @@ def compare_command(args) -> int:
     from dreamdpo.toyworld.compare import PROMPTS, run_comparison, table
 
     rows = run_comparison(prompts=args.prompts or PROMPTS, seeds=list(range(args.seeds)), steps=args.steps,
-                          methods=args.methods, out_dir=args.out, overrides=args.overrides)
+                          methods=args.methods, out_dir=args.out, overrides=args.overrides,
+                          workers=args.workers, device=args.device)
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
