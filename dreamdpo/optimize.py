@@ -285,7 +285,10 @@ def optimize(
             # 1. cameras and render
             cams = random_cameras(camera_cfg, B // V, generator(cfg.seed, step, CAMERAS)).to(device)
             res = resolution_at(cfg, step)
-            out = renderer(cams, res, res, generator=generator(cfg.seed, step, BACKGROUND))
+            w_orient = losses.orientation_weight(
+                step, ramp=cfg.schedule.orientation_ramp, weights=cfg.schedule.orientation_weights)
+            out = renderer(cams, res, res, generator=generator(cfg.seed, step, BACKGROUND),
+                           need_normals=w_orient > 0)  # normals cost a double backward: only when used
             z = prior.encode(out.rgb)
             tick("render")
             # 2. the pair: one t, two noises, one batched prior call
@@ -307,8 +310,6 @@ def optimize(
             # 4. gradient injected into z, regularisers, AdamW step
             grad = injected_gradient(prior, z, c, verdicts, cfg)
             loss = losses.surrogate_loss(z.float(), grad)
-            w_orient = losses.orientation_weight(
-                step, ramp=cfg.schedule.orientation_ramp, weights=cfg.schedule.orientation_weights)
             loss = loss + w_orient * out.orientation
             if cfg.schedule.sparsity_weight:
                 loss = loss + cfg.schedule.sparsity_weight * losses.sparsity_loss(out.opacity)
