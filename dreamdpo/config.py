@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ class ScheduleConfig:
     t_anneal_steps: int = 8000
     resolution: int = 64
     # (step, resolution): renders switch to `resolution` at `step`
-    resolution_milestones: list[tuple[int, int]] = field(default_factory=lambda: [(5000, 256)])
+    resolution_milestones: list[tuple[int, int]] = dataclasses.field(default_factory=lambda: [(5000, 256)])
     orientation_weights: tuple[float, float] = (10.0, 1000.0)
     orientation_ramp: tuple[int, int] = (0, 5000)
     sparsity_weight: float = 0.0
@@ -73,13 +73,13 @@ class RunConfig:
     test_resolution: int = 128
     export_mesh: bool = True
     mesh_resolution: int = 128
-    camera: CameraConfig = field(default_factory=CameraConfig)
-    field: FieldConfig = field(default_factory=FieldConfig)
-    render: RenderConfig = field(default_factory=RenderConfig)
-    dpo: DPOConfig = field(default_factory=DPOConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    human: HumanPolicy = field(default_factory=HumanPolicy)
+    camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
+    render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
+    dpo: DPOConfig = dataclasses.field(default_factory=DPOConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    human: HumanPolicy = dataclasses.field(default_factory=HumanPolicy)
 
     def to_dict(self) -> dict:
         """Plain data (tuples as lists), so the config round-trips through YAML and JSON."""

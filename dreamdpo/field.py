@@ -79,7 +79,9 @@ class HashGrid(nn.Module):
         idx = torch.cat([dense_idx, hashed], dim=1) + self.offset[None, :, None, None, None]
         idx = idx.reshape(N, L, 8)
         weight = (w[:, :, 0, :, None, None] * w[:, :, 1, None, :, None] * w[:, :, 2, None, None, :]).reshape(N, L, 8)
-        feats = self.table[idx]  # [N, L, 8, F]
+        # F.embedding, not table[idx]: its CPU backward sums in a fixed order, so runs (and resumes)
+        # are bit-for-bit reproducible; index_put's parallel accumulate is not
+        feats = F.embedding(idx, self.table)  # [N, L, 8, F]
         return (feats * weight[..., None]).sum(2).reshape(N, -1)
 
 

@@ -321,7 +321,7 @@ def optimize(
             tick("backward")
 
             row = {
-                "step": step, "loss": float(loss), "grad_norm": float(grad.norm()),
+                "step": step, "loss": float(loss.detach()), "grad_norm": float(grad.norm()),
                 "t_a": int(c.t[0, 0]), "t_b": int(c.t[1, 0]), "resolution": res,
                 "opacity": float(out.opacity_mean), **tick.times,
             }
