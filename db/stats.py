@@ -14,6 +14,7 @@ Conventions:
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,7 +101,9 @@ def dawid_skene(frame: pd.DataFrame, n_iter: int = 100) -> tuple[pd.Series, pd.D
     votes = canonical_votes(human_votes(frame))
     data = votes.rename(columns={"item": "task", "annotator": "worker"})[["task", "worker", "label"]]
     data = data.drop_duplicates(["task", "worker"], keep="last")
-    model = DawidSkene(n_iter=n_iter).fit(data)
+    with warnings.catch_warnings():  # crowd-kit uses pandas keywords that pandas 3 deprecates
+        warnings.simplefilter("ignore")
+        model = DawidSkene(n_iter=n_iter).fit(data)
     labels = model.labels_.rename("label")
     errors = model.errors_  # index (worker, observed), columns true label
     priors = model.priors_
