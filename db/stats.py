@@ -64,6 +64,31 @@ def picked_left(frame: pd.DataFrame) -> pd.Series:
     return out
 
 
+def filter_votes(frame: pd.DataFrame, run_id: int | None = None, judge: str | None = None,
+                 annotator: str | None = None, since=None, until=None) -> pd.DataFrame:
+    """The Audit page's and `dreamdpo stats`' filters. A judge filter keeps every human vote (the
+    reference the judge is audited against); an annotator filter keeps every judge vote."""
+    keep = pd.Series(True, index=frame.index)
+    if run_id is not None:
+        keep &= frame["run_id"] == run_id
+    if judge is not None:
+        keep &= frame["annotator"].notna() | (frame["judge"] == judge)
+    if annotator is not None:
+        keep &= frame["judge"].notna() | (frame["annotator"] == annotator)
+    if since is not None or until is not None:
+        created = pd.to_datetime(frame["created_at"], utc=True)
+        if since is not None:
+            keep &= created >= _utc(since)
+        if until is not None:
+            keep &= created < _utc(until)
+    return frame[keep]
+
+
+def _utc(when) -> pd.Timestamp:
+    ts = pd.Timestamp(when)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 def human_votes(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["annotator"].notna()]
 

@@ -1,0 +1,133 @@
+"""Audit page: judge–human agreement, inter-annotator agreement, position bias, τ calibration,
+annotator flags and a Bradley–Terry ranking, filtered by run, judge, annotator and date.
+
+`audit_data` loads and computes everything the page shows without Streamlit, so `dreamdpo stats`
+prints the same numbers and the bench times exactly what the page waits for.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from db import stats
+
+
+@dataclass(frozen=True)
+class AuditFilters:
+    run_id: int | None = None
+    judge: str | None = None
+    annotator: str | None = None
+    since: str | None = None
+    until: str | None = None
+    target_agreement: float = 0.9
+    n_boot: int = 200
+
+
+@dataclass
+class AuditData:
+    votes: pd.DataFrame
+    summary: stats.AuditSummary
+    ranking: pd.DataFrame          # Bradley–Terry over candidates (run/seed), human consensus
+
+
+def load_votes(engine, filters: AuditFilters) -> pd.DataFrame:
+    from db.read import votes_frame
+
+    frame = votes_frame(engine, run_id=filters.run_id)
+    return stats.filter_votes(frame, judge=filters.judge, annotator=filters.annotator,
+                              since=filters.since, until=filters.until)
+
+
+def candidate_comparisons(engine, frame: pd.DataFrame) -> pd.DataFrame:
+    """Human-consensus comparisons between candidates, named run<id>/seed<seed>, for Bradley–Terry."""
+    from db.read import pairs_frame
+
+    labels = stats.majority_vote(frame)
+    if labels.empty:
+        return pd.DataFrame(columns=["item_a", "item_b", "winner"])
+    pairs = pairs_frame(engine)
+    pairs = pairs.set_index("pair_id" if "pair_id" in pairs else "id")
+    if not {"seed_a", "seed_b"} <= set(pairs.columns):
+        return pd.DataFrame(columns=["item_a", "item_b", "winner"])
+    p = pairs.reindex(labels.index)
+    ok = p["seed_a"].notna() & p["seed_b"].notna() & labels.isin(["a", "b", "tie"]).to_numpy()
+    p, labels = p[ok], labels[ok.to_numpy()]
+    name = lambda run, seed: f"run{int(run)}/seed{int(seed)}"  # noqa: E731
+    return pd.DataFrame({"item_a": [name(r, s) for r, s in zip(p["run_id"], p["seed_a"])],
+                         "item_b": [name(r, s) for r, s in zip(p["run_id"], p["seed_b"])],
+                         "winner": labels.to_numpy()})
+
+
+def audit_data(engine, filters: AuditFilters = AuditFilters()) -> AuditData:
+    """Everything the Audit page shows: one read of the votes, then pure statistics."""
+    frame = load_votes(engine, filters)
+    summary = stats.audit_summary(frame, filters.target_agreement, n_boot=filters.n_boot)
+    comps = candidate_comparisons(engine, frame)
+    ranking = stats.bradley_terry_ci(comps, n_boot=min(filters.n_boot, 100)) if len(comps) else pd.DataFrame()
+    return AuditData(frame, summary, ranking)
+
+
+def render(engine, user: dict) -> None:
+    import streamlit as st
+
+    st.header("Audit")
+    from db.read import votes_frame
+
+    everything = votes_frame(engine)
+    if everything.empty:
+        st.info("The log has no votes yet.")
+        return
+    cols = st.columns(4)
+    runs = sorted(everything["run_id"].dropna().unique().tolist())
+    run_id = cols[0].selectbox("Run", [None] + runs, format_func=lambda r: "all runs" if r is None else f"run {r}")
+    judges = sorted(everything["judge"].dropna().unique().tolist())
+    judge = cols[1].selectbox("Judge", [None] + judges, format_func=lambda j: "all judges" if j is None else j)
+    people = sorted(everything["annotator"].dropna().unique().tolist())
+    annotator = cols[2].selectbox("Annotator", [None] + people, format_func=lambda a: "everyone" if a is None else a)
+    created = pd.to_datetime(everything["created_at"], utc=True)
+    dates = cols[3].date_input("Dates", (created.min().date(), created.max().date()))
+    since, until = (dates[0], dates[1] + pd.Timedelta(days=1)) if isinstance(dates, tuple) and len(dates) == 2 else (None, None)
+    target = st.slider("Target agreement for τ", 0.5, 1.0, 0.9, 0.01)
+    data = audit_data(engine, AuditFilters(run_id, judge, annotator, since and str(since), until and str(until), target))
+    s = data.summary
+
+    m = st.columns(4)
+    m[0].metric("Votes", s.n_votes)
+    m[1].metric("Pairs", s.n_pairs)
+    m[2].metric("Fleiss' κ", f"{s.fleiss_kappa:.3f}")
+    m[3].metric("Krippendorff's α", f"{s.krippendorff_alpha:.3f}")
+
+    st.subheader("Judge–human agreement")
+    st.dataframe(s.agreement, hide_index=True)
+    if not s.agreement.empty:
+        st.bar_chart(s.agreement.set_index("judge")[["agree_no_ties", "agree_all", "kappa"]])
+    st.caption("Ties dropped: pairs where both the judge and the human majority chose a or b. "
+               "CIs: percentile bootstrap over pairs.")
+    st.dataframe(s.agreement_by_run, hide_index=True)
+
+    st.subheader("τ calibrated on people")
+    st.dataframe(pd.DataFrame([t.__dict__ for t in s.taus]), hide_index=True)
+    for j in judges if judge is None else [judge]:
+        by_gap = stats.agreement_by_gap(data.votes, j)
+        if len(by_gap):
+            st.caption(f"{j}: agreement by score gap")
+            st.bar_chart(by_gap.set_index("gap_bin")["agreement"])
+
+    st.subheader("Position bias")
+    st.dataframe(pd.concat({"annotators": s.position_annotators, "judges": s.position_judges}))
+    st.caption("P(left chosen) with a two-sided binomial test against 0.5.")
+    st.dataframe(s.judge_flips.rename_axis("judge"))
+    st.caption("Model judges asked in both orders (swapped duplicates): share of verdicts that flip.")
+
+    st.subheader("Annotators")
+    st.dataframe(s.annotators)
+    flagged = s.annotators[s.annotators["flagged"]] if not s.annotators.empty else s.annotators
+    if len(flagged):
+        st.warning("Flagged: " + "; ".join(f"{n} ({r})" for n, r in flagged["flag_reasons"].items()))
+
+    st.subheader("Bradley–Terry ranking of candidates")
+    if data.ranking.empty:
+        st.info("No candidate comparisons with a human consensus yet.")
+    else:
+        st.dataframe(data.ranking)

@@ -1,0 +1,74 @@
+"""`dreamdpo export` and `dreamdpo stats`: admin tools over the local log (no torch imported)."""
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+
+def add_commands(subparsers) -> None:
+    exp = subparsers.add_parser("export", help="export the preference log as a dataset")
+    exp.add_argument("--format", required=True, choices=["pickapic", "trl", "jsonl"])
+    exp.add_argument("--out", required=True, help="new or empty directory")
+    exp.add_argument("--run", type=int, default=None, help="only this run")
+    exp.add_argument("--since", default=None, help="only votes from this date on (YYYY-MM-DD)")
+    exp.add_argument("--include-ties", action="store_true", help="keep ties (TRL: in their own split)")
+    exp.add_argument("--db", default=None, help="database URL (default: the local SQLite log)")
+    exp.set_defaults(handler=run_export)
+
+    st = subparsers.add_parser("stats", help="audit numbers: agreement, bias, τ, annotators (as on the Audit page)")
+    st.add_argument("--run", type=int, default=None)
+    st.add_argument("--judge", default=None)
+    st.add_argument("--annotator", default=None)
+    st.add_argument("--since", default=None)
+    st.add_argument("--target", type=float, default=0.9, help="target agreement for the calibrated τ")
+    st.add_argument("--db", default=None)
+    st.set_defaults(handler=run_stats)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from db import export
+    from db.engine import connect
+
+    filters = export.ExportFilters(run_id=args.run, since=args.since, include_ties=args.include_ties)
+    manifest = export.export_log(connect(args.db), args.format, args.out, filters)
+    counts = manifest["counts"]
+    rows = ", ".join(f"{k}: {v}" for k, v in counts["rows"].items()) or "no rows"
+    left = ", ".join(f"{k}: {v}" for k, v in counts["excluded"].items()) or "nothing"
+    print(f"exported {counts['comparisons']} comparisons to {args.out} ({rows}; left out {left})")
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from annotator.audit_page import AuditFilters, audit_data
+    from db.engine import connect
+
+    data = audit_data(connect(args.db), AuditFilters(run_id=args.run, judge=args.judge, annotator=args.annotator,
+                                                     since=args.since, target_agreement=args.target))
+    print(format_audit(data))
+    return 0
+
+
+def format_audit(data) -> str:
+    """The Audit page's numbers as plain text."""
+    s = data.summary
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
+        parts = [
+            f"votes {s.n_votes}  pairs {s.n_pairs}  Fleiss' kappa {s.fleiss_kappa:.3f}  "
+            f"Krippendorff's alpha {s.krippendorff_alpha:.3f}",
+            "\n== judge-human agreement (ties dropped / all outcomes / Cohen's kappa, 95% bootstrap CI)",
+            s.agreement.to_string(index=False) if len(s.agreement) else "(no judged pairs with human votes)",
+            "\n== per run", s.agreement_by_run.to_string(index=False) if len(s.agreement_by_run) else "(none)",
+            "\n== tau calibrated on people",
+            "\n".join(f"{t.judge}: tau {t.tau:.3f} (agreement {t.agreement:.3f} on {t.n_pairs} pairs, target {t.target})"
+                      for t in s.taus) or "(no judges)",
+            "\n== position bias: P(left chosen), binomial test vs 0.5",
+            pd.concat({"annotator": s.position_annotators, "judge": s.position_judges}).to_string(),
+            "\n== model judges asked in both orders (flip rate)", s.judge_flips.to_string(),
+            "\n== annotators", s.annotators.to_string() if len(s.annotators) else "(no human votes)",
+        ]
+        if not s.annotators.empty and s.annotators["flagged"].any():
+            parts.append("FLAGGED: " + "; ".join(f"{n} ({r})" for n, r in s.annotators.loc[s.annotators["flagged"], "flag_reasons"].items()))
+        if len(data.ranking):
+            parts += ["\n== Bradley-Terry ranking of candidates (95% bootstrap CI)", data.ranking.to_string()]
+    return "\n".join(parts)
