@@ -280,8 +280,7 @@ def optimize(
 
             tick = _Timer(device)
             renderer.train()
-            if hasattr(renderer, "update_occupancy"):
-                renderer.update_occupancy(step)
+            renderer.update_occupancy(step, seed=cfg.seed)
             # 1. cameras and render
             cams = random_cameras(camera_cfg, B // V, generator(cfg.seed, step, CAMERAS)).to(device)
             res = resolution_at(cfg, step)

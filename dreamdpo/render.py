@@ -62,18 +62,33 @@ class Renderer(nn.Module):
             roi_aabb=[-b, -b, -b, b, b, b], resolution=self.cfg.grid_resolution, levels=1)
         # marching step: the cube's diagonal in max_samples steps
         self.render_step_size = 2 * b * 3**0.5 / self.cfg.max_samples
+        # False until the first occupancy update: a renderer used without one samples everywhere
+        self.register_buffer("grid_ready", torch.zeros((), dtype=torch.bool))
 
     def _use_grid(self, device: torch.device) -> bool:
         return device.type == "cuda" and not self.cfg.force_dense
 
+    def _step_size(self, device: torch.device) -> float:
+        """Sample spacing of the active path along the box diagonal (occupancy is σ·step)."""
+        if self._use_grid(device):
+            return self.render_step_size
+        return 2 * self.field.cfg.bound * 3**0.5 / self.cfg.n_samples
+
     @torch.no_grad()
-    def update_occupancy(self, step: int) -> None:
-        """Refresh the occupancy grid (CUDA path); a no-op on the dense path."""
-        if not self._use_grid(next(self.field.parameters()).device):
-            return
-        self.estimator.update_every_n_steps(
-            step, occ_eval_fn=lambda x: self.field.density(x) * self.render_step_size,
-            occ_thre=self.cfg.occ_threshold)
+    def update_occupancy(self, step: int, seed: int = 0) -> None:
+        """Refresh the occupancy grid from the field (nerfacc's EMA update). The CUDA path marches
+        through it; the dense CPU path skips field queries in cells whose σ·step is below the threshold
+        (their samples contribute alpha < 1 %). Its random draws use a generator seeded by (seed, step)
+        so a resumed run refreshes the grid exactly as the uninterrupted one."""
+        device = next(self.field.parameters()).device
+        step_size = self._step_size(device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed * 1_000_003 + step)
+            self.estimator.update_every_n_steps(
+                step, occ_eval_fn=lambda x: self.field.density(x) * step_size,
+                occ_thre=self.cfg.occ_threshold)
+        if step % 16 == 0:
+            self.grid_ready.fill_(True)
 
     def forward(self, cameras: Cameras, height: int, width: int, *, generator: torch.Generator | None = None,
                 need_normals: bool = True) -> RenderOutput:
@@ -108,6 +123,15 @@ class Renderer(nn.Module):
         sigma, rgb = self.field(x)
         return sigma, rgb, None
 
+    def _occupied(self, x: Tensor) -> Tensor:
+        """Points [N, 3] in occupied grid cells (all of them before the grid's first update)."""
+        if not bool(self.grid_ready):
+            return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        b = self.field.cfg.bound
+        res = self.estimator.binaries.shape[-1]
+        ijk = ((x + b) / (2 * b) * res).long().clamp(0, res - 1)
+        return self.estimator.binaries[0, ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+
     def _render_dense(self, o: Tensor, d: Tensor, need_normals: bool, jitter: Tensor | None):
         R, S = o.shape[0], self.cfg.n_samples
         near, far = ray_box(o, d, self.field.cfg.bound)
@@ -118,8 +142,14 @@ class Renderer(nn.Module):
         span = (far - near)[:, None]
         t_starts, t_ends = near[:, None] + span * edges[None, :-1], near[:, None] + span * edges[None, 1:]
         t_mid = near[:, None] + span * u
-        x = o[:, None, :] + d[:, None, :] * t_mid[..., None]
-        sigma, rgb, n = self._samples(x.reshape(-1, 3), need_normals)
+        x = (o[:, None, :] + d[:, None, :] * t_mid[..., None]).reshape(-1, 3)
+        keep = self._occupied(x) & hit.repeat_interleave(S)
+        sigma_k, rgb_k, n_k = self._samples(x[keep], need_normals)
+        sigma = torch.zeros(R * S, device=o.device, dtype=sigma_k.dtype).masked_scatter(keep, sigma_k)
+        rgb = torch.zeros(R * S, 3, device=o.device, dtype=rgb_k.dtype).masked_scatter(keep[:, None], rgb_k)
+        n = None
+        if n_k is not None:
+            n = torch.zeros(R * S, 3, device=o.device, dtype=n_k.dtype).masked_scatter(keep[:, None], n_k)
         sigma, rgb = sigma.reshape(R, S), rgb.reshape(R, S, 3)
         weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sigma)
         w = weights[..., None]
