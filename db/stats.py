@@ -23,7 +23,7 @@ from scipy import stats as sps
 
 OPINIONS = ("a", "b", "tie", "both_bad")
 DECISIVE = ("a", "b")
-SWAP = {"a": "b", "b": "a"}
+SWAP = {"a": "b", "b": "a", "tie": "tie", "both_bad": "both_bad"}
 
 
 # ----------------------------------------------------------------------------- frame helpers
@@ -46,7 +46,7 @@ def canonical_votes(frame: pd.DataFrame) -> pd.DataFrame:
     votes["is_duplicate"] = dup.to_numpy()
     votes["item"] = np.where(dup, votes.get("duplicate_of"), votes["pair_id"])
     votes["item"] = votes["item"].astype("int64")
-    votes["label"] = np.where(dup, votes["choice"].map(lambda c: SWAP.get(c, c)), votes["choice"])
+    votes["label"] = np.where(dup, votes["choice"].map(SWAP), votes["choice"])
     return votes
 
 
@@ -211,12 +211,29 @@ def judge_human_pairs(frame: pd.DataFrame, judge: str | None = None) -> pd.DataF
     })
 
 
-def _agreement_numbers(judge_label: np.ndarray, human_label: np.ndarray) -> tuple[float, float, float, int]:
-    """(agreement with ties dropped, agreement over all outcomes, Cohen's κ, n decisive)."""
-    decisive = np.isin(judge_label, DECISIVE) & np.isin(human_label, DECISIVE)
-    agree_all = float(np.mean(judge_label == human_label)) if len(judge_label) else float("nan")
-    agree_nt = float(np.mean(judge_label[decisive] == human_label[decisive])) if decisive.any() else float("nan")
-    return agree_nt, agree_all, cohen_kappa(judge_label, human_label), int(decisive.sum())
+def confusion(judge_label, human_label) -> np.ndarray:
+    """4×4 counts, rows = judge, columns = human, in OPINIONS order (a, b, tie, both_bad)."""
+    code = {c: i for i, c in enumerate(OPINIONS)}
+    j = np.array([code[x] for x in judge_label], dtype=int)
+    h = np.array([code[x] for x in human_label], dtype=int)
+    return np.bincount(j * len(OPINIONS) + h, minlength=len(OPINIONS) ** 2).reshape(len(OPINIONS), len(OPINIONS))
+
+
+def agreement_from_confusion(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(agreement with ties dropped, agreement over all outcomes, Cohen's κ) from confusion counts.
+
+    `c` has shape (..., 4, 4), so a stack of bootstrap confusions is computed at once.
+    """
+    c = np.asarray(c, dtype=float)
+    n = c.sum(axis=(-2, -1))
+    diag = np.trace(c, axis1=-2, axis2=-1)
+    decisive = c[..., :2, :2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        agree_nt = np.trace(decisive, axis1=-2, axis2=-1) / decisive.sum(axis=(-2, -1))
+        p_o = diag / n
+        p_e = (c.sum(axis=-1) * c.sum(axis=-2)).sum(axis=-1) / n ** 2
+        kappa = np.where(p_e < 1.0, (p_o - p_e) / (1.0 - p_e), np.nan)
+    return agree_nt, p_o, kappa
 
 
 def bootstrap_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -234,20 +251,22 @@ def judge_agreement(frame: pd.DataFrame, by: tuple[str, ...] = ("judge",), n_boo
 
     "Ties dropped" keeps pairs where both the judge and the human consensus chose a or b; "all"
     compares every outcome (tie and both_bad included); κ is Cohen's over all outcomes.
-    Bootstrap resamples pairs within each group.
+    The bootstrap resamples pairs within each group; since every number is a function of the
+    judge×human confusion counts, a resample is one multinomial draw of those counts.
     """
     pairs = judge_human_pairs(frame)
     rng = np.random.default_rng(seed)
     rows = []
     for key, grp in pairs.groupby(list(by)):
-        jl, hl = grp["judge_label"].to_numpy(), grp["human_label"].to_numpy()
-        nt, al, kappa, n_dec = _agreement_numbers(jl, hl)
-        boots = np.array([_agreement_numbers(jl[i], hl[i])[:3]
-                          for i in rng.integers(0, len(jl), size=(n_boot, len(jl)))]) if n_boot else np.empty((0, 3))
+        c = confusion(grp["judge_label"], grp["human_label"])
+        nt, al, kappa = (float(x) for x in agreement_from_confusion(c))
         row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        row.update(n_pairs=len(grp), n_decisive=n_dec, agree_no_ties=nt, agree_all=al, kappa=kappa)
-        for j, name in enumerate(("agree_no_ties", "agree_all", "kappa")):
-            row[f"{name}_low"], row[f"{name}_high"] = bootstrap_ci(boots[:, j]) if n_boot else (np.nan, np.nan)
+        row.update(n_pairs=len(grp), n_decisive=int(c[:2, :2].sum()), agree_no_ties=nt, agree_all=al, kappa=kappa)
+        if n_boot:
+            draws = rng.multinomial(int(c.sum()), c.ravel() / c.sum(), size=n_boot).reshape(n_boot, *c.shape)
+            boots = agreement_from_confusion(draws)
+        for name, values in zip(("agree_no_ties", "agree_all", "kappa"), boots if n_boot else [[]] * 3):
+            row[f"{name}_low"], row[f"{name}_high"] = bootstrap_ci(values)
         rows.append(row)
     cols = list(by) + ["n_pairs", "n_decisive", "agree_no_ties", "agree_no_ties_low", "agree_no_ties_high",
                        "agree_all", "agree_all_low", "agree_all_high", "kappa", "kappa_low", "kappa_high"]
