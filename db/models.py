@@ -1,0 +1,166 @@
+"""SQLAlchemy 2 models of the preference log (DESIGN.md "The log").
+
+Times are stored as naive UTC (`UTCDateTime`) so that SQLite and PostgreSQL compare them the same way.
+Votes are append-only: a row is never deleted and its choice never changes; an undo sets `retracted`
+(and `retracted_at`) on the row, which every reader and every count honours.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+RUN_STATUSES = ("pending", "running", "paused", "cancelled", "finished", "failed")
+PAIR_STATUSES = ("pending", "decided", "expired", "cancelled")
+PAIR_KINDS = ("live", "audit", "gold", "duplicate", "arena")
+CHOICES = ("a", "b", "tie", "both_bad", "skip")
+WINNERS = ("a", "b", "tie")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Aware datetimes in Python, naive UTC in the database (same on SQLite and PostgreSQL)."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Annotator(Base):
+    __tablename__ = "annotators"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    role: Mapped[str] = mapped_column(sa.String(20), default="annotator")
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    active: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    __table_args__ = (sa.CheckConstraint("role IN ('annotator', 'admin')", name="ck_annotators_role"),)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str | None] = mapped_column(sa.String(200))
+    prompt: Mapped[str] = mapped_column(sa.Text)
+    question: Mapped[str | None] = mapped_column(sa.Text)
+    config: Mapped[dict | None] = mapped_column(sa.JSON)
+    backbone: Mapped[str] = mapped_column(sa.String(200), default="")
+    judge_policy: Mapped[dict | None] = mapped_column(sa.JSON)
+    status: Mapped[str] = mapped_column(sa.String(20), default="pending")
+    step: Mapped[int] = mapped_column(sa.Integer, default=0)
+    metrics: Mapped[dict | None] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    __table_args__ = (sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in RUN_STATUSES)})",
+                                         name="ck_runs_status"),)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)  # sha256 hex of the PNG bytes
+    png: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    width: Mapped[int] = mapped_column(sa.Integer)
+    height: Mapped[int] = mapped_column(sa.Integer)
+
+
+class Pair(Base):
+    __tablename__ = "pairs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id"), index=True)
+    step: Mapped[int] = mapped_column(sa.Integer)
+    view: Mapped[int] = mapped_column(sa.Integer, default=-1)
+    t: Mapped[int | None] = mapped_column(sa.Integer)
+    t_b: Mapped[int | None] = mapped_column(sa.Integer)
+    seed_a: Mapped[int | None] = mapped_column(sa.BigInteger)
+    seed_b: Mapped[int | None] = mapped_column(sa.BigInteger)
+    camera: Mapped[list | None] = mapped_column(sa.JSON)
+    image_a: Mapped[str] = mapped_column(sa.ForeignKey("images.id"))
+    image_b: Mapped[str] = mapped_column(sa.ForeignKey("images.id"))
+    render_image: Mapped[str | None] = mapped_column(sa.ForeignKey("images.id"))
+    question: Mapped[str | None] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(20), default="pending")
+    votes_needed: Mapped[int] = mapped_column(sa.Integer, default=1)
+    kind: Mapped[str] = mapped_column(sa.String(20), default="live")
+    gold_answer: Mapped[str | None] = mapped_column(sa.String(20))
+    duplicate_of: Mapped[int | None] = mapped_column(sa.ForeignKey("pairs.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    __table_args__ = (
+        sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in PAIR_STATUSES)})", name="ck_pairs_status"),
+        sa.CheckConstraint(f"kind IN ({', '.join(repr(s) for s in PAIR_KINDS)})", name="ck_pairs_kind"),
+        sa.CheckConstraint("votes_needed >= 1", name="ck_pairs_votes_needed"),
+        sa.Index("ix_pairs_status_id", "status", "id"),
+    )
+
+
+class Vote(Base):
+    __tablename__ = "votes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(sa.ForeignKey("pairs.id"), index=True)
+    annotator_id: Mapped[int | None] = mapped_column(sa.ForeignKey("annotators.id"))
+    judge_name: Mapped[str | None] = mapped_column(sa.String(200))
+    choice: Mapped[str] = mapped_column(sa.String(20))
+    score_a: Mapped[float | None] = mapped_column(sa.Float)
+    score_b: Mapped[float | None] = mapped_column(sa.Float)
+    shown_left: Mapped[str | None] = mapped_column(sa.String(1))
+    latency_ms: Mapped[int | None] = mapped_column(sa.Integer)
+    raw: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    retracted: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    retracted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    __table_args__ = (
+        sa.CheckConstraint(f"choice IN ({', '.join(repr(s) for s in CHOICES)})", name="ck_votes_choice"),
+        sa.CheckConstraint("shown_left IS NULL OR shown_left IN ('a', 'b')", name="ck_votes_shown_left"),
+        sa.CheckConstraint("(annotator_id IS NULL) <> (judge_name IS NULL)", name="ck_votes_one_voter"),
+        # one standing (not retracted) vote per person and pair: what makes vote() idempotent under races
+        sa.Index("ux_votes_standing", "pair_id", "annotator_id", unique=True,
+                 sqlite_where=sa.text("annotator_id IS NOT NULL AND NOT retracted"),
+                 postgresql_where=sa.text("annotator_id IS NOT NULL AND NOT retracted")),
+        sa.Index("ix_votes_annotator", "annotator_id", "pair_id"),
+    )
+
+
+class Claim(Base):
+    """A lease: annotator may vote on pair until expires_at. Kept after the vote (undo needs it)."""
+
+    __tablename__ = "claims"
+    pair_id: Mapped[int] = mapped_column(sa.ForeignKey("pairs.id"), primary_key=True)
+    annotator_id: Mapped[int] = mapped_column(sa.ForeignKey("annotators.id"), primary_key=True)
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (sa.Index("ix_claims_annotator", "annotator_id", "expires_at"),)
+
+
+class Decision(Base):
+    __tablename__ = "decisions"
+    pair_id: Mapped[int] = mapped_column(sa.ForeignKey("pairs.id"), primary_key=True)  # written once
+    winner: Mapped[str] = mapped_column(sa.String(10))
+    gap: Mapped[float] = mapped_column(sa.Float)
+    rule: Mapped[str] = mapped_column(sa.String(200))
+    n_a: Mapped[int] = mapped_column(sa.Integer, default=0)
+    n_b: Mapped[int] = mapped_column(sa.Integer, default=0)
+    n_tie: Mapped[int] = mapped_column(sa.Integer, default=0)
+    n_both_bad: Mapped[int] = mapped_column(sa.Integer, default=0)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    __table_args__ = (sa.CheckConstraint("winner IN ('a', 'b', 'tie')", name="ck_decisions_winner"),)
