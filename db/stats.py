@@ -406,49 +406,74 @@ def annotator_report(frame: pd.DataFrame, rules: FlagRules = FlagRules()) -> pd.
 
 
 # ----------------------------------------------------------------------------- Bradley–Terry
-def bradley_terry(comparisons: pd.DataFrame, prior: float = 0.5, max_iter: int = 2000,
-                  tol: float = 1e-10) -> pd.Series:
-    """Bradley–Terry log-strengths (mean 0) by Hunter's MM algorithm; a tie counts half a win each way.
-
-    `comparisons` has columns item_a, item_b, winner (a|b|tie). P(i beats j) = 1 / (1 + exp(s_j - s_i)).
-    `prior` adds that many wins and losses against a virtual item of strength 1, which keeps
-    undefeated items finite; prior=0 is the plain maximum-likelihood estimate.
-    """
+def _bt_cells(comparisons: pd.DataFrame) -> tuple[pd.Index, np.ndarray, np.ndarray, np.ndarray]:
+    """(items, index of a, index of b, wins of a) per comparison; ties are half a win."""
     items = pd.Index(pd.unique(pd.concat([comparisons["item_a"], comparisons["item_b"]])))
-    ia = items.get_indexer(comparisons["item_a"])
-    ib = items.get_indexer(comparisons["item_b"])
     win_a = comparisons["winner"].map({"a": 1.0, "b": 0.0, "tie": 0.5}).to_numpy(dtype=float)
     keep = np.isfinite(win_a)
-    ia, ib, win_a = ia[keep], ib[keep], win_a[keep]
-    k = len(items)
-    wins = np.bincount(ia, win_a, k) + np.bincount(ib, 1 - win_a, k)
-    games = np.zeros((k, k))
-    np.add.at(games, (ia, ib), 1.0)
-    games = games + games.T
-    wins_r, p = wins + prior, np.ones(k)
+    return (items, items.get_indexer(comparisons["item_a"])[keep], items.get_indexer(comparisons["item_b"])[keep],
+            win_a[keep])
+
+
+def _bt_fit(wins: np.ndarray, prior: float, max_iter: int = 100, tol: float = 1e-10) -> np.ndarray:
+    """Log-strengths (mean 0) maximising the Bradley–Terry likelihood of the win matrix by Newton steps.
+
+    wins[i, j] = (possibly fractional) wins of i over j. The prior is `prior` wins and `prior`
+    losses of every item against a virtual item of log-strength 0.
+    """
+    games = wins + wins.T
+    won = wins.sum(axis=1)
+    s = np.zeros(len(wins))
     for _ in range(max_iter):
-        denom = (games / (p[:, None] + p[None, :])).sum(axis=1) + 2.0 * prior / (p + 1.0)
-        new = wins_r / denom
-        new /= np.exp(np.mean(np.log(new)))
-        if np.max(np.abs(np.log(new) - np.log(p))) < tol:
-            p = new
+        p = 1.0 / (1.0 + np.exp(s[None, :] - s[:, None]))       # p[i, j] = P(i beats j)
+        q = 1.0 / (1.0 + np.exp(-s))                            # P(i beats the virtual item)
+        grad = won - (games * p).sum(axis=1) + prior * (1.0 - 2.0 * q)
+        w = games * p * (1.0 - p)
+        info = np.diag(w.sum(axis=1) + 2.0 * prior * q * (1.0 - q)) - w   # minus the Hessian
+        step = np.linalg.lstsq(info, grad, rcond=None)[0]
+        s = s + step
+        if np.max(np.abs(step)) < tol:
             break
-        p = new
-    s = np.log(p)
-    return pd.Series(s - s.mean(), index=items, name="strength")
+    return s - s.mean()
 
 
-def bradley_terry_ci(comparisons: pd.DataFrame, n_boot: int = 200, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
-    """Bradley–Terry strengths with percentile bootstrap CIs (resampling comparisons), sorted best first."""
-    point = bradley_terry(comparisons)
+def _win_matrix(k: int, ia: np.ndarray, ib: np.ndarray, win_a: np.ndarray, weights=None) -> np.ndarray:
+    w = np.ones(len(ia)) if weights is None else weights
+    m = np.zeros((k, k))
+    np.add.at(m, (ia, ib), w * win_a)
+    np.add.at(m, (ib, ia), w * (1.0 - win_a))
+    return m
+
+
+def bradley_terry(comparisons: pd.DataFrame, prior: float = 0.5) -> pd.Series:
+    """Bradley–Terry log-strengths (mean 0); a tie counts half a win each way.
+
+    `comparisons` has columns item_a, item_b, winner (a|b|tie). P(i beats j) = 1 / (1 + exp(s_j - s_i)).
+    `prior` adds that many wins and losses against a virtual item of log-strength 0, which keeps
+    undefeated items finite; prior=0 is the plain maximum-likelihood estimate.
+    """
+    items, ia, ib, win_a = _bt_cells(comparisons)
+    s = _bt_fit(_win_matrix(len(items), ia, ib, win_a), prior)
+    return pd.Series(s, index=items, name="strength")
+
+
+def bradley_terry_ci(comparisons: pd.DataFrame, n_boot: int = 200, seed: int = 0, level: float = 0.95,
+                     prior: float = 0.5) -> pd.DataFrame:
+    """Bradley–Terry strengths with percentile bootstrap CIs, sorted best first.
+
+    A bootstrap resample of the comparisons is a multinomial draw of how often each comparison
+    appears, so each resample is a reweighted win matrix (no copies of the frame).
+    """
+    items, ia, ib, win_a = _bt_cells(comparisons)
+    point = _bt_fit(_win_matrix(len(items), ia, ib, win_a), prior)
     rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        sample = comparisons.iloc[rng.integers(0, len(comparisons), len(comparisons))]
-        boots.append(bradley_terry(sample).reindex(point.index))
-    table = pd.DataFrame(boots)
+    n = len(ia)
+    boots = np.array([_bt_fit(_win_matrix(len(items), ia, ib, win_a, w), prior)
+                      for w in rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)]) if n_boot and n else np.empty((0, len(items)))
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
-    out = pd.DataFrame({"strength": point, "low": table.quantile(lo), "high": table.quantile(hi)})
+    out = pd.DataFrame({"strength": point,
+                        "low": np.quantile(boots, lo, axis=0) if len(boots) else np.nan,
+                        "high": np.quantile(boots, hi, axis=0) if len(boots) else np.nan}, index=items)
     out["rank"] = out["strength"].rank(ascending=False, method="min").astype(int)
     return out.sort_values("strength", ascending=False).rename_axis("item")
 

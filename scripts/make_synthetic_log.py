@@ -146,31 +146,54 @@ def png_bytes(pair_id: int, side: str, size: int = 16) -> bytes:
     return buf.getvalue()
 
 
-def write_log(engine, spec: SyntheticSpec = SyntheticSpec(), image_size: int = 16) -> dict[int, int]:
-    """Post the synthetic log through db.queue/db.accounts; returns {synthetic pair id: database pair id}."""
+def write_log(engine, spec: SyntheticSpec = SyntheticSpec(), image_size: int = 16,
+              retract_every: int = 40) -> dict[int, int]:
+    """Post the synthetic log through db.queue/db.accounts as the app would: each person claims the
+    pair (a lease) and votes; every `retract_every`-th opinion is first answered the other way and
+    undone (a retracted vote). Returns {synthetic pair id: database pair id}.
+
+    Pairs are posted one at a time and voted on before the next, so `claim_next` hands out exactly
+    that pair; skips come first because a skip does not count towards votes_needed.
+    """
     from db import accounts, queue
 
     pairs, votes = synthetic_log(spec)
     run_ids = {r: queue.create_run(engine, prompt=f"synthetic prompt {r}", backbone="synthetic",
                                    name=f"synthetic-{r}") for r in sorted(pairs["run_id"].unique())}
-    people = {}
-    for who in ANNOTATORS:
-        token = accounts.add_annotator(engine, who)
-        people[who] = accounts.authenticate(engine, token)["id"]
+    people = {who: accounts.authenticate(engine, accounts.add_annotator(engine, who))["id"] for who in ANNOTATORS}
     ids: dict[int, int] = {}
-    human_counts = votes[votes["annotator"].notna()].groupby("pair_id").size()
+    by_pair = {pid: grp for pid, grp in votes.groupby("pair_id", sort=False)}
+    n_opinions = 0
     for p in pairs.itertuples():
+        grp = by_pair.get(p.pair_id, votes.iloc[:0])
+        humans = grp[grp["annotator"].notna()]
+        humans = pd.concat([humans[humans["choice"] == "skip"], humans[humans["choice"] != "skip"]])
+        needed = int((humans["choice"] != "skip").sum())
+        if needed == 0:
+            humans = humans.iloc[:0]  # nobody would decide it: record the pair without human votes
         ids[p.pair_id] = queue.post_pair(
             engine, run_ids[p.run_id], int(p.step), png_bytes(p.pair_id, "a", image_size),
             png_bytes(p.pair_id, "b", image_size), seed_a=int(p.seed_a), seed_b=int(p.seed_b), kind=p.kind,
-            gold_answer=p.gold_answer, duplicate_of=ids[int(p.duplicate_of)] if pd.notna(p.duplicate_of) else None,
-            votes_needed=int(human_counts.get(p.pair_id, 1)))
-    for v in votes.itertuples():
-        if v.judge is not None:
-            queue.log_judge(engine, ids[v.pair_id], v.judge, v.choice, float(v.score_a), float(v.score_b))
-        else:
-            queue.vote(engine, ids[v.pair_id], people[v.annotator], v.choice, shown_left=v.shown_left,
-                       latency_ms=None if pd.isna(v.latency_ms) else int(v.latency_ms))
+            gold_answer=p.gold_answer if isinstance(p.gold_answer, str) else None,
+            duplicate_of=ids[int(p.duplicate_of)] if pd.notna(p.duplicate_of) else None,
+            votes_needed=max(needed, 1), status="pending" if needed else "decided")
+        pid = ids[p.pair_id]
+        for v in grp[grp["judge"].notna()].itertuples():
+            queue.log_judge(engine, pid, v.judge, v.choice, float(v.score_a), float(v.score_b))
+        for k, v in enumerate(humans.itertuples()):
+            who = people[v.annotator]
+            claim = queue.claim_next(engine, who)
+            if claim is None or claim["pair_id"] != pid:
+                raise RuntimeError(f"claim_next gave {claim and claim['pair_id']} instead of pair {pid}")
+            latency = None if pd.isna(v.latency_ms) else int(v.latency_ms)
+            if v.choice != "skip":
+                n_opinions += 1
+                last = k == len(humans) - 1
+                if retract_every and n_opinions % retract_every == 0 and not last:
+                    other = {"a": "b", "b": "a"}.get(v.choice, "a")
+                    queue.vote(engine, pid, who, other, shown_left=v.shown_left, latency_ms=latency)
+                    assert queue.undo_vote(engine, pid, who)
+            queue.vote(engine, pid, who, v.choice, shown_left=v.shown_left, latency_ms=latency)
     return ids
 
 
