@@ -180,12 +180,18 @@ def _int(v):
 
 # ----------------------------------------------------------------------------- leases
 def _holders(pair_id, now):
-    """Number of annotators who hold an unexpired lease or a standing non-skip vote on the pair."""
-    leased = sa.select(Claim.annotator_id).where(Claim.pair_id == pair_id, Claim.expires_at > now)
-    voted = sa.select(Vote.annotator_id).where(Vote.pair_id == pair_id, Vote.annotator_id.is_not(None),
-                                               Vote.retracted.is_(False), Vote.choice != "skip")
-    both = sa.union(leased, voted).subquery()
-    return sa.select(sa.func.count()).select_from(both).scalar_subquery()
+    """Number of annotators who hold an unexpired lease or a standing non-skip vote on the pair
+    (a scalar subquery; `pair_id` may be Pair.id to correlate with an outer query)."""
+    valid = sa.and_(Claim.pair_id == pair_id, Claim.expires_at > now)
+    leased = sa.select(sa.func.count()).select_from(Claim).where(valid).scalar_subquery()
+    voted_unleased = (
+        sa.select(sa.func.count()).select_from(Vote)
+        .where(Vote.pair_id == pair_id, Vote.annotator_id.is_not(None), Vote.retracted.is_(False),
+               Vote.choice != "skip",
+               ~sa.exists().where(Claim.pair_id == Vote.pair_id, Claim.annotator_id == Vote.annotator_id,
+                                  Claim.expires_at > now))
+        .scalar_subquery())
+    return leased + voted_unleased
 
 
 def _annotator(s: Session, annotator_id: int) -> Annotator:
@@ -300,6 +306,7 @@ def vote(engine, pair_id: int, annotator_id: int, choice: str, shown_left: str |
     if shown_left not in (None, "a", "b"):
         raise LogError(f"shown_left must be a or b, not {shown_left!r}")
     now = utcnow()
+    refused = None
     with Session(engine) as s, s.begin():
         _annotator(s, annotator_id)
         pair = _lock_pair(s, pair_id)
@@ -315,19 +322,20 @@ def vote(engine, pair_id: int, annotator_id: int, choice: str, shown_left: str |
         if run.status == "cancelled" or pair.status == "cancelled":
             raise LogError(f"run {pair.run_id} was cancelled; its pairs take no more votes")
         _expire_if_late(s, pair, now)
-        if pair.status != "pending":
-            s.commit()  # keep the expiry
-            raise LogError(f"pair {pair_id} is {pair.status}; it takes no more votes, claim the next one")
-        if _valid_claim(s, pair_id, annotator_id, now) is None:
+        if pair.status != "pending":  # leave the block normally so that an expiry is committed
+            refused = f"pair {pair_id} is {pair.status}; it takes no more votes, claim the next one"
+        elif _valid_claim(s, pair_id, annotator_id, now) is None:
             raise LogError(f"no valid lease on pair {pair_id} (it expired or was never claimed); claim the next pair")
-        v = Vote(pair_id=pair_id, annotator_id=annotator_id, choice=choice, shown_left=shown_left,
-                 latency_ms=_int(latency_ms), created_at=now)
-        s.add(v)
-        s.flush()
-        if choice == "skip":
-            s.execute(sa.delete(Claim).where(Claim.pair_id == pair_id, Claim.annotator_id == annotator_id))
-        decision = _decide(s, pair, now)
-        return dict(vote_id=v.id, decided=decision is not None, decision=decision)
+        else:
+            v = Vote(pair_id=pair_id, annotator_id=annotator_id, choice=choice, shown_left=shown_left,
+                     latency_ms=_int(latency_ms), created_at=now)
+            s.add(v)
+            s.flush()
+            if choice == "skip":
+                s.execute(sa.delete(Claim).where(Claim.pair_id == pair_id, Claim.annotator_id == annotator_id))
+            decision = _decide(s, pair, now)
+            return dict(vote_id=v.id, decided=decision is not None, decision=decision)
+    raise LogError(refused)
 
 
 def undo_vote(engine, pair_id: int, annotator_id: int) -> bool:
