@@ -1,0 +1,224 @@
+"""The human judge against a real SQLite log, with people played by threads that claim and vote
+through db.queue exactly as the app does."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+import torch
+
+from db import accounts, queue
+from db.engine import connect
+from db.errors import LogError
+from db.models import Pair, Vote
+from dreamdpo.errors import UserError
+from dreamdpo.judges.base import Judge, JudgeContext, judgement_from_scores
+from dreamdpo.judges.human import HumanJudge, HumanPolicy, decision_to_judgement
+
+
+class FixedGapJudge(Judge):
+    """Prefers 'a' by a fixed score margin (a real Judge: the scores come from the images' means)."""
+
+    name = "fixed"
+
+    def __init__(self, margin: float):
+        self.margin = margin
+        self.calls = 0
+
+    def compare(self, images_a, images_b, prompt, context=None):
+        self.calls += 1
+        base = images_a.mean(dim=(1, 2, 3))
+        return judgement_from_scores(self.name, base + self.margin, base)
+
+
+@pytest.fixture
+def log(tmp_path):
+    engine = connect(f"sqlite:///{tmp_path / 'log.sqlite'}")
+    run_id = queue.create_run(engine, "a red cube", question="Which is redder?", status="running")
+    return engine, run_id
+
+
+def images(seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(2, 3, 8, 8, generator=g), torch.rand(2, 3, 8, 8, generator=g)
+
+
+def ctx(run_id, step=0):
+    return JudgeContext(step=step, t=(500, 400), seeds=(11, 12), cameras=[{"elevation": 0.0}] * 2,
+                        render=torch.rand(2, 3, 8, 8), run_id=run_id)
+
+
+def people(engine, choices: list[str], names=("ann", "bob", "cid")):
+    """One thread per choice: a distinct annotator claims the next pair and votes that choice."""
+    ids = [accounts.authenticate(engine, accounts.add_annotator(engine, n))["id"] for n in names[: len(choices)]]
+
+    def act(aid, choice):
+        for _ in range(200):
+            pair = queue.claim_next(engine, aid)
+            if pair is not None:
+                queue.vote(engine, pair["pair_id"], aid, choice, shown_left="a", latency_ms=5)
+                return
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=act, args=(a, c)) for a, c in zip(ids, choices)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def votes(engine, pair_id):
+    with engine.connect() as c:
+        return c.execute(sa.select(Vote.annotator_id, Vote.judge_name, Vote.choice)
+                         .where(Vote.pair_id == pair_id).order_by(Vote.id)).all()
+
+
+def pair_row(engine, pair_id):
+    with engine.connect() as c:
+        return c.execute(sa.select(Pair).where(Pair.id == pair_id)).mappings().first()
+
+
+@pytest.mark.parametrize("choices,winner,gap,skip", [
+    (["a"], "a", 1.0, False),
+    (["b"], "b", 1.0, False),
+    (["tie"], "tie", 0.0, False),
+    (["both_bad"], "tie", 0.0, True),
+    (["a", "b"], "tie", 0.0, False),  # a split vote: pull only
+])
+def test_votes_map_to_winner_and_gap(log, choices, winner, gap, skip):
+    engine, run_id = log
+    judge = HumanJudge(engine, HumanPolicy(votes_needed=len(choices), timeout_s=20, fallback="pull"))
+    threads = people(engine, choices)
+    a, b = images(0)
+    j = judge.compare(a, b, "a red cube", ctx(run_id, step=3))
+    for t in threads:
+        t.join()
+    assert (j.winner, j.gap, j.skip, j.judge, j.extra["source"]) == (winner, gap, skip, "human", "human")
+    row = pair_row(engine, j.pair_id)
+    assert (row["status"], row["kind"], row["step"], row["t"], row["t_b"], row["seed_a"], row["votes_needed"]) == (
+        "decided", "live", 3, 500, 400, 11, len(choices))
+    assert row["render_image"] is not None and row["deadline"] is not None
+    assert sorted(c for _, _, c in votes(engine, j.pair_id)) == sorted(choices)
+
+
+def test_majority_of_three_gives_the_vote_margin():
+    d = dict(winner="a", gap=1 / 3, rule="majority", n_a=2, n_b=1, n_tie=0, n_both_bad=0)
+    j = decision_to_judgement(d, 7)
+    assert (j.winner, j.gap, j.pair_id, j.extra["counts"]) == ("a", pytest.approx(1 / 3), 7,
+                                                              {"a": 2, "b": 1, "tie": 0, "both_bad": 0})
+
+
+@pytest.mark.parametrize("fallback,winner,skip,logged", [
+    ("model", "a", False, ("fallback:fixed", "a")),
+    ("pull", "tie", False, ("fallback:pull", "tie")),
+    ("skip", "tie", True, ("fallback:skip", "skip")),
+])
+def test_timeout_applies_the_fallback_logs_it_and_refuses_late_votes(log, fallback, winner, skip, logged):
+    engine, run_id = log
+    model = FixedGapJudge(0.5)
+    judge = HumanJudge(engine, HumanPolicy(timeout_s=0.3, fallback=fallback), model_judge=model)
+    aid = accounts.authenticate(engine, accounts.add_annotator(engine, "late"))["id"]
+    a, b = images(1)
+    t0 = time.monotonic()
+    j = judge.compare(a, b, "a red cube", ctx(run_id))
+    assert time.monotonic() - t0 < 5
+    assert (j.winner, j.skip, j.extra["source"]) == (winner, skip, logged[0])
+    assert pair_row(engine, j.pair_id)["status"] == "expired"
+    assert [(n, c) for _, n, c in votes(engine, j.pair_id)] == [logged]
+    assert queue.claim_next(engine, aid) is None  # the expired pair is not offered any more
+
+
+def test_late_vote_with_a_lease_is_refused(log):
+    engine, run_id = log
+    aid = accounts.authenticate(engine, accounts.add_annotator(engine, "slow"))["id"]
+    judge = HumanJudge(engine, HumanPolicy(timeout_s=0.6, fallback="pull"))
+    claimed = {}
+
+    def claim():
+        while not claimed:
+            claimed.update(queue.claim_next(engine, aid) or {})
+            time.sleep(0.02)
+
+    t = threading.Thread(target=claim)
+    t.start()
+    j = judge.compare(*images(2), "a red cube", ctx(run_id))
+    t.join()
+    assert claimed["pair_id"] == j.pair_id
+    with pytest.raises(LogError, match="expired"):
+        queue.vote(engine, j.pair_id, aid, "a")
+
+
+def test_every_kth_step_goes_to_people_and_the_rest_to_the_model(log):
+    engine, run_id = log
+    model = FixedGapJudge(0.2)
+    judge = HumanJudge(engine, HumanPolicy(every_k=2, timeout_s=20), model_judge=model)
+    threads = people(engine, ["b"])
+    j0 = judge.compare(*images(3), "p", ctx(run_id, step=0))
+    j1 = judge.compare(*images(4), "p", ctx(run_id, step=1))
+    for t in threads:
+        t.join()
+    assert (j0.judge, j0.winner, j0.pair_id is not None) == ("human", "b", True)
+    assert (j1.judge, j1.winner, j1.pair_id, j1.extra["source"]) == ("fixed", "a", None, "fixed")
+    assert model.calls == 1
+
+
+@pytest.mark.parametrize("margin,asked", [(0.5, False), (0.01, True)])
+def test_people_only_when_the_model_is_unsure(log, margin, asked):
+    engine, run_id = log
+    judge = HumanJudge(engine, HumanPolicy(uncertain_below=0.1, timeout_s=0.3, fallback="model"),
+                       model_judge=FixedGapJudge(margin))
+    j = judge.compare(*images(5), "p", ctx(run_id))
+    if asked:  # nobody votes → the pair was posted and the model fallback decided
+        assert j.extra["source"] == "fallback:fixed" and pair_row(engine, j.pair_id)["kind"] == "live"
+    else:
+        assert j.judge == "fixed" and j.pair_id is None
+
+
+def test_audit_pairs_are_posted_without_waiting_with_the_model_vote_on_the_same_pair(log):
+    engine, run_id = log
+    judge = HumanJudge(engine, HumanPolicy(every_k=1000, audit_rate=1.0, votes_needed=2), model_judge=FixedGapJudge(0.3))
+    t0 = time.monotonic()
+    j = judge.compare(*images(6), "p", ctx(run_id, step=1))
+    assert time.monotonic() - t0 < 2
+    assert j.judge == "fixed" and j.extra["audit"] and j.pair_id is not None
+    row = pair_row(engine, j.pair_id)
+    assert (row["kind"], row["status"], row["votes_needed"], row["deadline"]) == ("audit", "pending", 2, None)
+    assert [(n, c) for _, n, c in votes(engine, j.pair_id)] == [("fixed", "a")]
+    # a person can now vote on it: the join of model and human votes is one pair
+    aid = accounts.authenticate(engine, accounts.add_annotator(engine, "auditor"))["id"]
+    assert queue.claim_next(engine, aid)["pair_id"] == j.pair_id
+
+
+def test_audit_sampling_rate_is_seeded_per_step(log):
+    engine, run_id = log
+    policy = HumanPolicy(every_k=10_000, audit_rate=0.3)
+    draws = [HumanJudge(engine, policy, model_judge=FixedGapJudge(0.1), seed=4)._audit_draw(s) for s in range(1, 2001)]
+    again = [HumanJudge(engine, policy, model_judge=FixedGapJudge(0.1), seed=4)._audit_draw(s) for s in range(1, 2001)]
+    assert draws == again
+    assert 0.25 < sum(draws) / len(draws) < 0.35
+
+
+def test_a_cancelled_run_stops_the_wait(log):
+    engine, run_id = log
+    judge = HumanJudge(engine, HumanPolicy(timeout_s=60, fallback="pull"))
+    threading.Timer(0.3, queue.cancel_run, args=(engine, run_id)).start()
+    t0 = time.monotonic()
+    j = judge.compare(*images(7), "p", ctx(run_id))
+    assert time.monotonic() - t0 < 3
+    assert j.skip and j.extra["source"] == "cancelled"
+    assert pair_row(engine, j.pair_id)["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("policy,model,message", [
+    (HumanPolicy(), None, "fallback=model needs a model judge"),
+    (HumanPolicy(fallback="pull", uncertain_below=0.1), None, "uncertain_below needs a model judge"),
+    (HumanPolicy(fallback="later"), FixedGapJudge(0), "fallback must be one of"),
+    (HumanPolicy(votes_needed=0), FixedGapJudge(0), "votes_needed must be ≥ 1"),
+    (HumanPolicy(every_k=0), FixedGapJudge(0), "every_k must be ≥ 1"),
+    (HumanPolicy(audit_rate=2), FixedGapJudge(0), "audit_rate must be in"),
+])
+def test_bad_policies_are_one_line_errors(log, policy, model, message):
+    with pytest.raises(UserError, match=message) as e:
+        HumanJudge(log[0], policy, model_judge=model)
+    assert "\n" not in str(e.value)
