@@ -3,7 +3,7 @@
 
 The log is the synthetic log of scripts/make_synthetic_log.py (planted judges, annotators, gold
 pairs, duplicates) scaled to ~100k votes, written to SQLite in bulk (a separate process, so its
-memory is not counted); images come from a pool of distinct 64×64 PNGs with smooth texture.
+memory is not counted); every pair has its own two 64×64 PNGs with smooth texture (~7 KiB each).
 
     .venv/bin/python bench/bench_export.py [--comparisons 100000] [--workdir /tmp/bench_export]
 """
@@ -45,7 +45,7 @@ def texture_png(i: int, size: int = 64) -> bytes:
     return buf.getvalue()
 
 
-def build_log(url: str, n_comparisons: int, pool_size: int = 4000) -> None:
+def build_log(url: str, n_comparisons: int) -> None:
     """Bulk-insert the synthetic log (votes ≈ n_comparisons) through the log's own tables."""
     import pandas as pd
     import sqlalchemy as sa
@@ -57,6 +57,7 @@ def build_log(url: str, n_comparisons: int, pool_size: int = 4000) -> None:
     n_live = max(10, int(n_comparisons / 6.6))  # ~6.6 votes per live pair in the synthetic log
     pairs, votes = syn.synthetic_log(syn.SyntheticSpec(n_live=n_live, n_gold=max(10, n_live // 100)))
     engine = connect(url)
+    pool_size = 2 * len(pairs)   # every pair has its own two images, as in a real log
     pool = [texture_png(i) for i in range(pool_size)]
     ids = [hashlib.sha256(b).hexdigest() for b in pool]
     now = pd.Timestamp.now(tz="UTC").to_pydatetime()
@@ -70,7 +71,7 @@ def build_log(url: str, n_comparisons: int, pool_size: int = 4000) -> None:
             conn.execute(sa.insert(T["Annotator"]).values(id=i, name=who, role="annotator", token_hash=f"x{i}"))
             people[who] = i
         rows = [{"id": int(p.pair_id), "run_id": int(p.run_id), "step": int(p.step), "kind": p.kind,
-                 "image_a": ids[(2 * p.pair_id) % pool_size], "image_b": ids[(2 * p.pair_id + 1) % pool_size],
+                 "image_a": ids[2 * p.pair_id - 2], "image_b": ids[2 * p.pair_id - 1],
                  "seed_a": int(p.seed_a), "seed_b": int(p.seed_b), "gold_answer": p.gold_answer,
                  "duplicate_of": None if pd.isna(p.duplicate_of) else int(p.duplicate_of),
                  "status": "decided", "votes_needed": 1, "created_at": now} for p in pairs.itertuples()]
