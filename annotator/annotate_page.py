@@ -1,0 +1,124 @@
+"""Annotate page: one pair at a time, keyboard first.
+
+Left/right is shuffled per pair and the shown order logged with the vote (shown_left = the
+candidate drawn on the left). The time from the pair appearing to the vote is logged as
+latency_ms. A vote, the claim of the next pair and its images happen in the same rerun of the
+fragment, so the next pair is on screen as soon as the vote is stored; the fragment also reruns
+every DREAMDPO_POLL_S seconds (default 1), so a pair posted while the queue was empty appears
+without a reload. Prompts and questions are drawn with st.text: HTML in them stays text.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import streamlit as st
+
+from db import queue
+from db.errors import LogError
+
+POLL_S = float(os.environ.get("DREAMDPO_POLL_S", "1"))
+LEASE_S = float(os.environ.get("DREAMDPO_LEASE_S", "120"))  # how long a shown pair stays yours
+# (label, keyboard shortcut, what it means relative to the screen)
+BUTTONS = [("Left better", "Left", "left"), ("Right better", "Right", "right"), ("Tie", "t", "tie"),
+           ("Both bad", "b", "both_bad"), ("Skip", "s", "skip")]
+EMPTY = "No pairs are waiting for you right now. New ones appear here by themselves."
+
+
+def choice_for(button: str, shown_left: str) -> str:
+    """What a button means for the log: Left/Right better → the candidate shown on that side."""
+    if button == "left":
+        return shown_left
+    if button == "right":
+        return "b" if shown_left == "a" else "a"
+    return button
+
+
+def _claim(engine, user) -> dict | None:
+    pair = queue.claim_next(engine, user["id"], lease_seconds=LEASE_S)
+    if pair is not None:
+        sides = st.session_state.setdefault("sides", {})
+        pair["shown_left"] = sides.setdefault(pair["pair_id"], random.choice("ab"))
+        pair["shown_at"] = time.monotonic()
+    st.session_state["pair"] = pair
+    return pair
+
+
+def _vote(engine, user, button: str) -> None:
+    ss = st.session_state
+    pair = ss.get("pair")
+    if pair is None:
+        return
+    choice = choice_for(button, pair["shown_left"])
+    latency = int((time.monotonic() - pair["shown_at"]) * 1000)
+    try:
+        if choice == "skip":
+            queue.release(engine, pair["pair_id"], user["id"])
+            ss["last"] = None
+        else:
+            queue.vote(engine, pair["pair_id"], user["id"], choice, shown_left=pair["shown_left"], latency_ms=latency)
+            ss["last"] = pair
+    except LogError as e:
+        ss["flash"] = ("warning", f"Your vote was not stored: {e}")
+        ss["last"] = None
+    ss["pair"] = None  # the next pair is claimed in this same rerun
+
+
+def _undo(engine, user) -> None:
+    ss = st.session_state
+    last = ss.get("last")
+    if last is None:
+        return
+    if queue.undo_vote(engine, last["pair_id"], user["id"]):
+        ss["flash"] = ("info", f"Vote on pair {last['pair_id']} undone: vote again.")
+        last["shown_at"] = time.monotonic()
+        ss["pair"] = last  # the pair you were on (if any) stays leased to you and comes next
+    else:
+        ss["flash"] = ("warning", f"Too late to undo: pair {last['pair_id']} is already decided or your lease ran out.")
+    ss["last"] = None
+
+
+@st.fragment(run_every=POLL_S)
+def pane(engine, user) -> None:
+    ss = st.session_state
+    pair = ss.get("pair")
+    if pair is None:
+        pair = _claim(engine, user)
+    stats = queue.queue_stats(engine, user["id"])
+    c = st.columns(3)
+    c[0].metric("Done today", stats["done_today"] or 0)
+    c[1].metric("Waiting in the queue", stats["pending"])
+    c[2].metric("Live runs waiting on people", stats["live_runs_waiting"])
+    flash = ss.pop("flash", None)
+    if flash is not None:
+        (st.warning if flash[0] == "warning" else st.info)(flash[1])
+    if pair is None:
+        st.info(EMPTY)
+    else:
+        st.caption(f"Prompt · run {pair['run_id']}, step {pair['step']}, pair {pair['pair_id']}")
+        st.text(pair["prompt"])
+        st.caption("Question")
+        st.text(pair["question"] or "Which one matches the prompt better?")
+        left, right = ("image_a", "image_b") if pair["shown_left"] == "a" else ("image_b", "image_a")
+        cols = st.columns(2)
+        cols[0].image(pair[left], caption="Left", width="stretch", output_format="PNG")
+        cols[1].image(pair[right], caption="Right", width="stretch", output_format="PNG")
+        buttons = st.columns(len(BUTTONS) + 1)
+        for col, (label, key, button) in zip(buttons, BUTTONS):
+            col.button(f"{label} ({'←' if key == 'Left' else '→' if key == 'Right' else key.upper()})",
+                       key=f"vote-{button}", shortcut=key, on_click=_vote, args=(engine, user, button),
+                       width="stretch", type="primary" if button in ("left", "right") else "secondary")
+        if pair.get("render_image"):
+            with st.expander("Current render (context)"):
+                st.image(pair["render_image"], width="stretch", output_format="PNG")
+        need = pair["votes_needed"]
+        if need > 1:
+            st.caption(f"{pair['votes_in']} of {need} votes in")
+    if ss.get("last") is not None:
+        st.button("Undo last vote (U)", key="undo", shortcut="u", on_click=_undo, args=(engine, user))
+
+
+def render(engine, user: dict) -> None:
+    st.header("Annotate")
+    pane(engine, user)

@@ -1,0 +1,215 @@
+"""AppTest tests of the annotator app on a real SQLite log (keys and timers are in test_browser.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from streamlit.testing.v1 import AppTest
+
+from db import accounts, queue
+from db.engine import connect
+from db.models import Vote
+from dreamdpo.images import png_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "annotator" / "app.py")
+XSS = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
+
+
+def png(value: int) -> bytes:
+    import numpy as np
+
+    return png_bytes(np.full((8, 16, 3), value, dtype=np.uint8))
+
+
+@pytest.fixture
+def log(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'log.sqlite'}"
+    monkeypatch.setenv("DREAMDPO_DB", url)
+    engine = connect(url)
+    tokens = {"ann": accounts.add_annotator(engine, "ann"), "root": accounts.add_annotator(engine, "root", admin=True)}
+    users = {n: accounts.authenticate(engine, t) for n, t in tokens.items()}
+    return engine, url, tokens, users
+
+
+def page(module: str, url: str, user: dict):
+    def script(module, url, user):
+        import importlib
+
+        from db.engine import connect
+
+        importlib.import_module(f"annotator.{module}").render(connect(url), user)
+
+    return AppTest.from_function(script, args=(module, url, user), default_timeout=30)
+
+
+def texts(at) -> list[str]:
+    return [t.value for t in at.text]
+
+
+def run_with_pair(engine, prompt="a red cube", question="Which is redder?", votes_needed=1):
+    run_id = queue.create_run(engine, prompt, question=question, status="running")
+    pair_id = queue.post_pair(engine, run_id, 0, png(10), png(200), render_image=png(90), votes_needed=votes_needed)
+    return run_id, pair_id
+
+
+def stored_votes(engine, pair_id):
+    with engine.connect() as c:
+        return c.execute(sa.select(Vote.choice, Vote.shown_left, Vote.latency_ms, Vote.retracted)
+                         .where(Vote.pair_id == pair_id, Vote.annotator_id.is_not(None))).all()
+
+
+@pytest.mark.parametrize("token", ["", "not-a-token"])
+def test_no_valid_token_no_page(log, token):
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    assert not any(h.value == "Annotate" for h in at.header)
+    at.text_input[0].input(token)
+    at.button[0].click().run()
+    assert "not valid" in at.error[0].value
+    assert not any(h.value == "Annotate" for h in at.header)
+
+
+def test_deactivated_token_is_refused_even_mid_session(log):
+    engine, url, tokens, _ = log
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    at.text_input[0].input(tokens["ann"])
+    at.button[0].click().run()
+    assert any(h.value == "Annotate" for h in at.header)
+    accounts.deactivate(engine, "ann")
+    at.run()
+    assert not any(h.value == "Annotate" for h in at.header)
+    assert "no longer valid" in at.error[0].value
+    at.text_input[0].input(tokens["ann"])
+    at.button[0].click().run()
+    assert "not valid" in at.error[0].value
+
+
+def test_login_shows_annotate_and_admin_only_for_admins(log):
+    _, _, tokens, _ = log
+    for name, admin in (("ann", False), ("root", True)):
+        at = AppTest.from_file(APP, default_timeout=30).run()
+        at.text_input[0].input(tokens[name])
+        at.button[0].click().run()
+        assert [h.value for h in at.header] == ["Annotate"]
+        assert any(f"Signed in as {name}" in c.value for c in at.sidebar.caption)
+    assert page("admin_page", log[1], log[3]["ann"]).run().error[0].value == "This page is for admins only."
+
+
+def test_empty_queue_message(log):
+    engine, url, _, users = log
+    at = page("annotate_page", url, users["ann"]).run()
+    assert "No pairs are waiting for you" in at.info[0].value
+    assert not [b for b in at.button if b.key and b.key.startswith("vote-")]
+
+
+@pytest.mark.parametrize("button", ["left", "right", "tie", "both_bad"])
+def test_buttons_write_the_right_vote_with_the_shown_order(log, button):
+    engine, url, _, users = log
+    _, pair_id = run_with_pair(engine)
+    at = page("annotate_page", url, users["ann"]).run()
+    shown_left = at.session_state["pair"]["shown_left"]
+    assert shown_left in ("a", "b")
+    at.button(key=f"vote-{button}").click().run()
+    expected = {"left": shown_left, "right": "b" if shown_left == "a" else "a"}.get(button, button)
+    [(choice, logged_left, latency, retracted)] = stored_votes(engine, pair_id)
+    assert (choice, logged_left, retracted) == (expected, shown_left, False)
+    assert latency is not None and latency >= 0
+    assert queue.get_decision(engine, pair_id) is not None
+    assert "No pairs are waiting for you" in at.info[0].value  # the queue is empty again
+
+
+def test_sides_are_randomized_across_pairs(log):
+    engine, url, _, users = log
+    run_id = queue.create_run(engine, "p", status="running")
+    for step in range(24):
+        queue.post_pair(engine, run_id, step, png(step), png(255 - step))
+    at = page("annotate_page", url, users["ann"]).run()
+    seen = set()
+    for _ in range(24):
+        seen.add(at.session_state["pair"]["shown_left"])
+        at.button(key="vote-tie").click().run()
+    assert seen == {"a", "b"}
+
+
+def test_skip_releases_and_the_pair_is_not_offered_again(log):
+    engine, url, _, users = log
+    _, pair_id = run_with_pair(engine)
+    at = page("annotate_page", url, users["ann"]).run()
+    at.button(key="vote-skip").click().run()
+    assert "No pairs are waiting for you" in at.info[0].value
+    assert queue.get_decision(engine, pair_id) is None
+    # someone else still gets it
+    assert queue.claim_next(engine, users["root"]["id"])["pair_id"] == pair_id
+
+
+def test_undo_while_the_lease_holds_then_vote_again(log):
+    engine, url, _, users = log
+    _, pair_id = run_with_pair(engine, votes_needed=2)
+    at = page("annotate_page", url, users["ann"]).run()
+    at.button(key="vote-tie").click().run()
+    assert stored_votes(engine, pair_id)[0][0] == "tie"
+    at.button(key="undo").click().run()
+    assert "undone" in at.info[0].value
+    assert at.session_state["pair"]["pair_id"] == pair_id
+    assert [r.retracted for r in stored_votes(engine, pair_id)] == [True]
+    at.button(key="vote-left").click().run()
+    assert [r.retracted for r in stored_votes(engine, pair_id)] == [True, False]
+
+
+def test_undo_after_the_pair_was_decided_says_too_late(log):
+    engine, url, _, users = log
+    _, pair_id = run_with_pair(engine, votes_needed=1)
+    at = page("annotate_page", url, users["ann"]).run()
+    at.button(key="vote-tie").click().run()
+    at.button(key="undo").click().run()
+    assert "Too late to undo" in at.warning[0].value
+    assert [r.retracted for r in stored_votes(engine, pair_id)] == [False]
+
+
+def test_vote_after_the_run_was_cancelled_is_refused_with_a_message(log):
+    engine, url, _, users = log
+    run_id, pair_id = run_with_pair(engine)
+    at = page("annotate_page", url, users["ann"]).run()
+    queue.cancel_run(engine, run_id)
+    at.button(key="vote-left").click().run()
+    assert f"run {run_id} was cancelled" in at.warning[0].value
+    assert stored_votes(engine, pair_id) == []
+
+
+def test_html_in_prompt_and_question_is_text(log):
+    engine, url, _, users = log
+    run_with_pair(engine, prompt=XSS, question=XSS + " which?")
+    at = page("annotate_page", url, users["ann"]).run()
+    assert XSS in texts(at) and XSS + " which?" in texts(at)
+    assert not any(XSS in m.value for m in at.markdown)
+
+
+def test_runs_page_controls_are_for_admins_only(log):
+    engine, url, _, users = log
+    run_id, _ = run_with_pair(engine)
+    queue.set_run_status(engine, run_id, None, step=3, metrics={"history": [
+        {"step": 0, "loss": 1.0, "gap": 0.5}, {"step": 1, "loss": 0.8, "gap": 1.0}]})
+    at = page("runs_page", url, users["ann"]).run()
+    assert any("steps waiting on people: 1" in c.value for c in at.caption)
+    assert not [b for b in at.button if b.label in ("Pause", "Resume", "Cancel run")]
+    at = page("runs_page", url, users["root"]).run()
+    at.button(key=f"pause-{run_id}").click().run()
+    assert queue.get_run(engine, run_id)["status"] == "paused"
+    at.button(key=f"resume-{run_id}").click().run()
+    assert queue.get_run(engine, run_id)["status"] == "running"
+    at.button(key=f"cancel-{run_id}").click().run()
+    assert queue.get_run(engine, run_id)["status"] == "cancelled"
+
+
+def test_admin_page_creates_and_deactivates_tokens(log):
+    engine, url, _, users = log
+    at = page("admin_page", url, users["root"]).run()
+    at.text_input[0].input("carol")
+    at.checkbox[0].uncheck()
+    at.button[0].click().run()
+    token = at.code[0].value
+    assert accounts.authenticate(engine, token)["name"] == "carol"
+    at.selectbox[0].select("carol")
+    at.button[1].click().run()
+    assert accounts.authenticate(engine, token) is None
