@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 from dreamdpo.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # the module fixture writes ~1000 votes through claims (~12 s)
 
 
 def load_synthetic():
@@ -46,7 +47,8 @@ def test_export_cli_round_trips_the_database(log, tmp_path, capsys):
     manifest = json.loads((tmp_path / "pp" / "manifest.json").read_text())
     assert manifest["counts"]["comparisons"] == len(frame)
     table = pq.read_table(tmp_path / "pp" / "train.parquet").to_pandas()
-    opinions = frame[frame["choice"] != "skip"]
+    opinions = frame[(frame["choice"] != "skip") & ~frame["retracted"]]
+    assert frame["retracted"].sum() > 0 and manifest["counts"]["excluded"]["retracted"] == frame["retracted"].sum()
     assert sorted(table["ranking_id"]) == sorted(opinions["vote_id"])
     assert table["choice"].value_counts().to_dict() == opinions["choice"].value_counts().to_dict()
     assert set(table["kind"]) >= {"live", "gold", "duplicate"}
