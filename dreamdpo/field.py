@@ -82,7 +82,7 @@ class HashGrid(nn.Module):
         # F.embedding, not table[idx]: its CPU backward sums in a fixed order, so runs (and resumes)
         # are bit-for-bit reproducible; index_put's parallel accumulate is not
         feats = F.embedding(idx, self.table)  # [N, L, 8, F]
-        return (feats * weight[..., None]).sum(2).reshape(N, -1)
+        return (feats * weight[..., None]).sum(2).reshape(N, L * self.n_features)
 
 
 def mlp(n_in: int, hidden: int, n_out: int, layers: int = 1) -> nn.Sequential:

@@ -322,7 +322,7 @@ def optimize(
             row = {
                 "step": step, "loss": float(loss.detach()), "grad_norm": float(grad.norm()),
                 "t_a": int(c.t[0, 0]), "t_b": int(c.t[1, 0]), "resolution": res,
-                "opacity": float(out.opacity_mean), **tick.times,
+                "opacity": float(out.opacity_mean.detach()), **tick.times,
             }
             if judge is not None:
                 v = verdicts[0]
