@@ -31,11 +31,12 @@ class AuditData:
     ranking: pd.DataFrame          # Bradley–Terry over candidates (run/seed), human consensus
 
 
-def load_votes(engine, filters: AuditFilters) -> pd.DataFrame:
+def load_votes(engine, filters: AuditFilters, everything: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The filtered votes; `everything` (the whole votes frame, if already read) saves a second read."""
     from db.read import votes_frame
 
-    frame = votes_frame(engine, run_id=filters.run_id)
-    return stats.filter_votes(frame, judge=filters.judge, annotator=filters.annotator,
+    frame = votes_frame(engine, run_id=filters.run_id) if everything is None else everything
+    return stats.filter_votes(frame, run_id=filters.run_id, judge=filters.judge, annotator=filters.annotator,
                               since=filters.since, until=filters.until)
 
 
@@ -59,9 +60,9 @@ def candidate_comparisons(engine, frame: pd.DataFrame) -> pd.DataFrame:
                          "winner": labels.to_numpy()})
 
 
-def audit_data(engine, filters: AuditFilters = AuditFilters()) -> AuditData:
+def audit_data(engine, filters: AuditFilters = AuditFilters(), everything: pd.DataFrame | None = None) -> AuditData:
     """Everything the Audit page shows: one read of the votes, then pure statistics."""
-    frame = load_votes(engine, filters)
+    frame = load_votes(engine, filters, everything)
     summary = stats.audit_summary(frame, filters.target_agreement, n_boot=filters.n_boot)
     comps = candidate_comparisons(engine, frame)
     ranking = stats.bradley_terry_ci(comps, n_boot=min(filters.n_boot, 100)) if len(comps) else pd.DataFrame()
@@ -89,7 +90,8 @@ def render(engine, user: dict) -> None:
     dates = cols[3].date_input("Dates", (created.min().date(), created.max().date()))
     since, until = (dates[0], dates[1] + pd.Timedelta(days=1)) if isinstance(dates, tuple) and len(dates) == 2 else (None, None)
     target = st.slider("Target agreement for τ", 0.5, 1.0, 0.9, 0.01)
-    data = audit_data(engine, AuditFilters(run_id, judge, annotator, since and str(since), until and str(until), target))
+    data = audit_data(engine, AuditFilters(run_id, judge, annotator, since and str(since), until and str(until), target),
+                      everything)
     s = data.summary
 
     m = st.columns(4)
