@@ -120,3 +120,11 @@ def test_audit_page_shows_the_planted_facts(log):
     assert at.warning and "lefty" in at.warning[0].value and "spammer" in at.warning[0].value
     frames = [d.value for d in at.dataframe]
     assert any("toy-judge" in str(f.get("judge", [])) for f in frames)
+
+
+def test_stats_and_export_on_an_empty_log(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert main(["stats", "--db", url]) == 0
+    assert "votes 0" in capsys.readouterr().out
+    assert main(["export", "--format", "jsonl", "--out", str(tmp_path / "e"), "--db", url]) == 0
+    assert json.loads((tmp_path / "e" / "manifest.json").read_text())["counts"]["comparisons"] == 0

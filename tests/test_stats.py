@@ -174,6 +174,7 @@ def test_bradley_terry_by_hand_and_against_logistic_regression():
     assert ci.index[0] == 3 and (ci["low"] <= ci["strength"]).all() and (ci["strength"] <= ci["high"]).all()
 
 
+@pytest.mark.filterwarnings("ignore")  # crowd-kit's own pandas deprecation warnings
 def test_majority_and_dawid_skene_match_crowdkit(synthetic):
     from crowdkit.aggregation import DawidSkene, MajorityVote
 

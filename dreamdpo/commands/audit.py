@@ -49,6 +49,10 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _table(frame: pd.DataFrame, index: bool = True, empty: str = "(none)") -> str:
+    return frame.to_string(index=index) if len(frame) else empty
+
+
 def format_audit(data) -> str:
     """The Audit page's numbers as plain text."""
     s = data.summary
@@ -57,15 +61,15 @@ def format_audit(data) -> str:
             f"votes {s.n_votes}  pairs {s.n_pairs}  Fleiss' kappa {s.fleiss_kappa:.3f}  "
             f"Krippendorff's alpha {s.krippendorff_alpha:.3f}",
             "\n== judge-human agreement (ties dropped / all outcomes / Cohen's kappa, 95% bootstrap CI)",
-            s.agreement.to_string(index=False) if len(s.agreement) else "(no judged pairs with human votes)",
-            "\n== per run", s.agreement_by_run.to_string(index=False) if len(s.agreement_by_run) else "(none)",
+            _table(s.agreement, False, "(no judged pairs with human votes)"),
+            "\n== per run", _table(s.agreement_by_run, False),
             "\n== tau calibrated on people",
             "\n".join(f"{t.judge}: tau {t.tau:.3f} (agreement {t.agreement:.3f} on {t.n_pairs} pairs, target {t.target})"
                       for t in s.taus) or "(no judges)",
             "\n== position bias: P(left chosen), binomial test vs 0.5",
-            pd.concat({"annotator": s.position_annotators, "judge": s.position_judges}).to_string(),
-            "\n== model judges asked in both orders (flip rate)", s.judge_flips.to_string(),
-            "\n== annotators", s.annotators.to_string() if len(s.annotators) else "(no human votes)",
+            _table(pd.concat({"annotator": s.position_annotators, "judge": s.position_judges})),
+            "\n== model judges asked in both orders (flip rate)", _table(s.judge_flips),
+            "\n== annotators", _table(s.annotators, empty="(no human votes)"),
         ]
         if not s.annotators.empty and s.annotators["flagged"].any():
             parts.append("FLAGGED: " + "; ".join(f"{n} ({r})" for n, r in s.annotators.loc[s.annotators["flagged"], "flag_reasons"].items()))
