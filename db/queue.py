@@ -31,8 +31,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from db.errors import LogError
-from db.models import (CHOICES, PAIR_KINDS, RUN_STATUSES, Annotator, Claim, Decision, Image, Pair, Run, Vote,
-                       utcnow)
+from db.models import (CHOICES, PAIR_KINDS, RUN_STATUSES, Annotator, Claim, Decision, Image, Pair, Run, UTCDateTime,
+                       Vote, utcnow)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLAIM_BATCH = 16
@@ -227,41 +227,75 @@ def claim_next(engine, annotator_id: int, lease_seconds: float = 120) -> dict | 
     now = utcnow()
     with Session(engine) as s, s.begin():
         _annotator(s, annotator_id)
-        held = s.execute(
-            sa.select(Pair, Claim).join(Claim, Claim.pair_id == Pair.id)
-            .where(Claim.annotator_id == annotator_id, Claim.expires_at > now, Pair.status == "pending",
-                   sa.or_(Pair.deadline.is_(None), Pair.deadline > now),
-                   ~sa.exists().where(Vote.pair_id == Pair.id, Vote.annotator_id == annotator_id,
-                                      Vote.retracted.is_(False)))
-            .order_by(Claim.claimed_at).limit(1)).first()
+        params = {"me": annotator_id, "now": now}
+        held = s.execute(_HELD, params).first()
         if held is not None:
             return _claim_dict(s, held[0], held[1])
-        priority = sa.case((sa.and_(Pair.kind == "live", Run.status == "running"), 0),
-                           (Pair.kind != "live", 1), else_=2)
-        candidates = (
-            sa.select(Pair.id).join(Run, Run.id == Pair.run_id)
-            .where(Pair.status == "pending", Run.status != "cancelled",
-                   sa.or_(Pair.deadline.is_(None), Pair.deadline > now),
-                   ~sa.exists().where(Vote.pair_id == Pair.id, Vote.annotator_id == annotator_id),
-                   _holders(Pair.id, now) < Pair.votes_needed)
-            .order_by(priority, Pair.id).limit(CLAIM_BATCH)
-            .with_for_update(skip_locked=True, of=Pair)
-        )
-        for pair_id in s.scalars(candidates).all():
-            # the row is locked now: re-count with a fresh statement (sees commits made before the lock)
-            pair = s.get(Pair, pair_id, populate_existing=True)
-            if pair.status != "pending" or s.execute(sa.select(_holders(pair_id, now))).scalar() >= pair.votes_needed:
-                continue
-            claim = s.get(Claim, (pair_id, annotator_id))
-            expires = now + timedelta(seconds=lease_seconds)
-            if claim is None:
-                claim = Claim(pair_id=pair_id, annotator_id=annotator_id, claimed_at=now, expires_at=expires)
-                s.add(claim)
-            else:  # their own expired lease, taken again
-                claim.claimed_at, claim.expires_at = now, expires
-            s.flush()
-            return _claim_dict(s, pair, claim)
+        for candidates in _CANDIDATES:  # one indexed scan per tier (status, id), stopping at the first free pair
+            claimed = _claim_first(s, s.scalars(candidates, params).all(), annotator_id, now, lease_seconds)
+            if claimed is not None:
+                return claimed
         return None
+
+
+def claim_pair(engine, pair_id: int, annotator_id: int, lease_seconds: float = 120) -> dict | None:
+    """Lease one given pair (a direct link, a script replaying votes) under the same rules as
+    claim_next; returns None when it is not open to this person."""
+    now = utcnow()
+    with Session(engine) as s, s.begin():
+        _annotator(s, annotator_id)
+        pair = _lock_pair(s, pair_id)
+        run = s.get(Run, pair.run_id)
+        if pair.status != "pending" or run.status == "cancelled" or (pair.deadline is not None and pair.deadline <= now):
+            return None
+        held = _valid_claim(s, pair_id, annotator_id, now)
+        if held is not None:
+            return None if _standing_vote(s, pair_id, annotator_id) is not None else _claim_dict(s, pair, held)
+        if s.scalar(sa.select(Vote.id).where(Vote.pair_id == pair_id, Vote.annotator_id == annotator_id)) is not None:
+            return None
+        return _claim_first(s, [pair_id], annotator_id, now, lease_seconds)
+
+
+_TIERS = (
+    sa.and_(Pair.kind == "live", Run.status == "running"),
+    sa.and_(Pair.kind != "live", Run.status != "cancelled"),
+    sa.and_(Pair.kind == "live", Run.status.not_in(("running", "cancelled"))),
+)
+
+
+# Built once: composing these expressions costs more CPU than running them.
+_NOW = sa.bindparam("now", type_=UTCDateTime())
+_ME = sa.bindparam("me", type_=sa.Integer())
+_OPEN = sa.or_(Pair.deadline.is_(None), Pair.deadline > _NOW)
+_HELD = (sa.select(Pair, Claim).join(Claim, Claim.pair_id == Pair.id)
+         .where(Claim.annotator_id == _ME, Claim.expires_at > _NOW, Pair.status == "pending", _OPEN,
+                ~sa.exists().where(Vote.pair_id == Pair.id, Vote.annotator_id == _ME, Vote.retracted.is_(False)))
+         .order_by(Claim.claimed_at).limit(1))
+_CANDIDATES = [
+    sa.select(Pair.id).join(Run, Run.id == Pair.run_id)
+    .where(Pair.status == "pending", tier, _OPEN, ~sa.exists().where(Vote.pair_id == Pair.id, Vote.annotator_id == _ME),
+           _holders(Pair.id, _NOW) < Pair.votes_needed)
+    .order_by(Pair.id).limit(CLAIM_BATCH).with_for_update(skip_locked=True, of=Pair)
+    for tier in _TIERS]
+_RECOUNT = sa.select(_holders(sa.bindparam("pid", type_=sa.Integer()), _NOW))
+
+
+def _claim_first(s: Session, pair_ids: list[int], annotator_id: int, now: datetime, lease_seconds: float):
+    for pair_id in pair_ids:
+        # the row is locked now: re-count with a fresh statement (sees commits made before the lock)
+        pair = s.get(Pair, pair_id, populate_existing=True)
+        if pair.status != "pending" or s.execute(_RECOUNT, {"pid": pair_id, "now": now}).scalar() >= pair.votes_needed:
+            continue
+        claim = s.get(Claim, (pair_id, annotator_id))
+        expires = now + timedelta(seconds=lease_seconds)
+        if claim is None:
+            claim = Claim(pair_id=pair_id, annotator_id=annotator_id, claimed_at=now, expires_at=expires)
+            s.add(claim)
+        else:  # their own expired lease, taken again
+            claim.claimed_at, claim.expires_at = now, expires
+        s.flush()
+        return _claim_dict(s, pair, claim)
+    return None
 
 
 def _lock_pair(s: Session, pair_id: int) -> Pair:

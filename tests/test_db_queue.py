@@ -365,3 +365,16 @@ def test_post_pair_rejects_bad_arguments_and_writes_nothing(engine, run):
     with pytest.raises(LogError, match="does not exist"):
         post(engine, 999, 1)
     assert count(engine, Pair) == 0 and count(engine, ImageRow) == 0
+
+
+def test_claim_pair_leases_a_given_pair_under_the_same_rules(engine, run):
+    first, second = post(engine, run, 1), post(engine, run, 2, votes_needed=1)
+    a, b = person(engine, "ann"), person(engine, "bob")
+    assert queue.claim_pair(engine, second, a)["pair_id"] == second
+    assert queue.claim_pair(engine, second, a)["pair_id"] == second  # held: the same lease
+    assert queue.claim_pair(engine, second, b) is None  # k = 1 holder already
+    queue.vote(engine, second, a, "b")
+    assert queue.claim_pair(engine, second, a) is None  # decided
+    assert queue.claim_pair(engine, first, b)["pair_id"] == first
+    with pytest.raises(LogError, match="does not exist"):
+        queue.claim_pair(engine, 999, a)

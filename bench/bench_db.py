@@ -1,0 +1,221 @@
+"""Preference-log speed (issue 2): votes/s with 8 annotator processes, p95 of claim_next and vote
+with a big log (default 100k pairs, 1M votes), p95 from decision written to wait_for_decision
+returning. SQLite file and a throw-away PostgreSQL (tests/pg.py) unless --engines says otherwise.
+
+    python bench/bench_db.py [--engines sqlite,postgresql] [--pairs 100000] [--votes 1000000]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import multiprocessing as mp
+import random
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from db import accounts, queue  # noqa: E402
+from db.engine import connect  # noqa: E402
+from db.models import Decision, Pair, Vote, utcnow  # noqa: E402
+
+CTX = mp.get_context("fork")
+
+
+def png(i: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (i % 256, (i // 256) % 256, (i // 65536) % 256)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def p95(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=20)[-1]
+
+
+def people(eng, n: int, prefix: str) -> list[int]:
+    return [accounts.authenticate(eng, accounts.add_annotator(eng, f"{prefix}{i}"))["id"] for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- votes/s
+def _annotate(url: str, who: int, seconds: float, start_at: float, q) -> None:
+    eng = connect(url)
+    while time.time() < start_at:
+        time.sleep(0.001)
+    n, end = 0, start_at + seconds
+    while time.time() < end:
+        c = queue.claim_next(eng, who)
+        if c is None:
+            break
+        queue.vote(eng, c["pair_id"], who, "a")
+        n += 1
+    q.put(n)
+
+
+def votes_per_second(url: str, n_procs: int = 8, seconds: float = 10.0, n_pairs: int = 20000) -> float:
+    eng = connect(url)
+    run = queue.create_run(eng, "throughput")
+    queue.set_run_status(eng, run, "running")
+    images = [png(i) for i in range(16)]
+    for i in range(n_pairs):
+        queue.post_pair(eng, run, i, images[i % 16], images[(i + 1) % 16]) if i < 16 else None
+    bulk_pairs(eng, run, n_pairs - 16, images, status="pending")
+    who = people(eng, n_procs, "tp")
+    q = CTX.Queue()
+    start_at = time.time() + 1.0
+    procs = [CTX.Process(target=_annotate, args=(url, w, seconds, start_at, q)) for w in who]
+    for p in procs:
+        p.start()
+    total = sum(q.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return total / seconds
+
+
+# ----------------------------------------------------------------------------- a big log
+def bulk_pairs(eng, run: int, n: int, images: list[bytes], status: str, votes_needed: int = 1) -> None:
+    from sqlalchemy.orm import Session
+
+    with Session(eng) as s, s.begin():
+        ids = [queue.put_image(s, im) for im in images]
+    now = utcnow()
+    rows = [dict(run_id=run, step=i, view=-1, image_a=ids[i % len(ids)], image_b=ids[(i + 1) % len(ids)],
+                 status=status, votes_needed=votes_needed, kind="live", created_at=now) for i in range(n)]
+    with eng.begin() as conn:
+        for k in range(0, n, 20000):
+            conn.execute(sa.insert(Pair), rows[k:k + 20000])
+
+
+def build_big_log(url: str, n_pairs: int, n_votes: int) -> tuple[int, list[int], float]:
+    """n_pairs decided pairs with n_votes human votes (and their decisions); returns run, people, seconds."""
+    t0 = time.perf_counter()
+    eng = connect(url)
+    run = queue.create_run(eng, "a big log")
+    queue.set_run_status(eng, run, "running")
+    per_pair = max(1, n_votes // n_pairs)
+    who = people(eng, per_pair, "big")
+    images = [png(i) for i in range(64)]
+    bulk_pairs(eng, run, n_pairs, images, status="decided", votes_needed=per_pair)
+    with eng.connect() as conn:
+        first = conn.execute(sa.select(sa.func.min(Pair.id)).where(Pair.run_id == run)).scalar()
+    now = utcnow()
+    choices = ["a", "b", "tie", "both_bad"]
+    with eng.begin() as conn:
+        batch = []
+        for pid in range(first, first + n_pairs):
+            for k in range(per_pair):
+                batch.append(dict(pair_id=pid, annotator_id=who[k], choice=choices[(pid + k) % 4], created_at=now,
+                                  retracted=False, shown_left="a"))
+            if len(batch) >= 50000:
+                conn.execute(sa.insert(Vote), batch)
+                batch = []
+        if batch:
+            conn.execute(sa.insert(Vote), batch)
+        dec = [dict(pair_id=pid, winner="a", gap=0.5, rule="majority", n_a=per_pair, n_b=0, n_tie=0, n_both_bad=0,
+                    decided_at=now) for pid in range(first, first + n_pairs)]
+        for k in range(0, len(dec), 50000):
+            conn.execute(sa.insert(Decision), dec[k:k + 50000])
+    if eng.dialect.name == "postgresql":
+        with eng.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE")
+    else:
+        with eng.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
+    return run, who, time.perf_counter() - t0
+
+
+def claim_vote_latency(url: str, run: int, n: int = 400) -> tuple[float, float, float, float]:
+    """p95 and median (ms) of claim_next and of vote, one annotator, with `n` fresh pending pairs."""
+    eng = connect(url)
+    bulk_pairs(eng, run, n, [png(1000 + i) for i in range(8)], status="pending")
+    (me,) = people(eng, 1, "lat")
+    claims, votes = [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        c = queue.claim_next(eng, me)
+        t1 = time.perf_counter()
+        queue.vote(eng, c["pair_id"], me, random.choice("ab"))
+        t2 = time.perf_counter()
+        claims.append((t1 - t0) * 1000)
+        votes.append((t2 - t1) * 1000)
+    return p95(claims), statistics.median(claims), p95(votes), statistics.median(votes)
+
+
+# ----------------------------------------------------------------------------- decision → wait returns
+def _waiter(url: str, pair_ids: list[int], q) -> None:
+    eng = connect(url)
+    for pid in pair_ids:
+        d = queue.wait_for_decision(eng, pid, timeout=30, poll=0.05)
+        q.put((pid, time.time(), d["decided_at"].timestamp()))
+
+
+def decision_to_wait(url: str, n: int = 60) -> tuple[float, float]:
+    eng = connect(url)
+    run = queue.create_run(eng, "wait")
+    queue.set_run_status(eng, run, "running")
+    ids = [queue.post_pair(eng, run, i, png(5000 + i), png(6000 + i)) for i in range(n)]
+    (me,) = people(eng, 1, "wait")
+    q = CTX.Queue()
+    w = CTX.Process(target=_waiter, args=(url, ids, q))
+    w.start()
+    lags = []
+    for pid in ids:
+        time.sleep(random.uniform(0.05, 0.15))
+        c = queue.claim_next(eng, me)
+        assert c["pair_id"] == pid
+        queue.vote(eng, pid, me, "a")
+        _, returned, decided = q.get(timeout=30)
+        lags.append(returned - decided)
+    w.join()
+    return p95(lags), statistics.median(lags)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--engines", default="sqlite,postgresql")
+    ap.add_argument("--pairs", type=int, default=100_000)
+    ap.add_argument("--votes", type=int, default=1_000_000)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--procs", type=int, default=8)
+    args = ap.parse_args(argv)
+    server = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.engines.split(","):
+            if name == "sqlite":
+                def url_for(tag, tmp=tmp):
+                    return f"sqlite:///{tmp}/{tag}.sqlite"
+            else:
+                from pg import PostgresServer
+
+                server = server or PostgresServer()
+                if not hasattr(server, "admin"):
+                    server.start()
+
+                def url_for(tag, server=server):
+                    return server.database()
+            vps = votes_per_second(url_for("tp"), args.procs, args.seconds)
+            print(f"{name}: {vps:.0f} votes/s with {args.procs} annotator processes", flush=True)
+            url = url_for("big")
+            run, _, built = build_big_log(url, args.pairs, args.votes)
+            c95, c50, v95, v50 = claim_vote_latency(url, run)
+            print(f"{name}: log of {args.pairs} pairs + {args.votes} votes built in {built:.0f} s; "
+                  f"claim_next p95 {c95:.1f} ms (median {c50:.1f}), vote p95 {v95:.1f} ms (median {v50:.1f})",
+                  flush=True)
+            w95, w50 = decision_to_wait(url)
+            print(f"{name}: decision written → wait_for_decision returned: p95 {w95 * 1000:.0f} ms "
+                  f"(median {w50 * 1000:.0f}) with poll 50 ms", flush=True)
+    if server is not None:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
