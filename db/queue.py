@@ -35,7 +35,7 @@ from db.models import (CHOICES, PAIR_KINDS, RUN_STATUSES, Annotator, Claim, Deci
                        Vote, utcnow)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-CLAIM_BATCH = 16
+CLAIM_BATCH = 4
 
 
 # ----------------------------------------------------------------------------- images
@@ -203,13 +203,17 @@ def _annotator(s: Session, annotator_id: int) -> Annotator:
     return who
 
 
+# standing human votes on a pair by choice (skips and retracted rows left out)
+_COUNTS = (sa.select(Vote.choice, sa.func.count())
+           .where(Vote.pair_id == sa.bindparam("pid", type_=sa.Integer()), Vote.annotator_id.is_not(None),
+                  Vote.retracted.is_(False), Vote.choice != "skip").group_by(Vote.choice))
+_PNGS = sa.select(Image.id, Image.png).where(Image.id.in_(sa.bindparam("ids", expanding=True)))
+
+
 def _claim_dict(s: Session, pair: Pair, claim: Claim) -> dict:
     run = s.get(Run, pair.run_id)
-    pngs = dict(s.execute(sa.select(Image.id, Image.png).where(
-        Image.id.in_([pair.image_a, pair.image_b] + ([pair.render_image] if pair.render_image else [])))).all())
-    votes_in = s.execute(sa.select(sa.func.count()).where(
-        Vote.pair_id == pair.id, Vote.annotator_id.is_not(None), Vote.retracted.is_(False),
-        Vote.choice != "skip")).scalar()
+    pngs = dict(s.execute(_PNGS, {"ids": [pair.image_a, pair.image_b] + ([pair.render_image] if pair.render_image else [])}).all())
+    votes_in = sum(n for _c, n in s.execute(_COUNTS, {"pid": pair.id}))
     return dict(pair_id=pair.id, run_id=pair.run_id, step=pair.step, prompt=run.prompt,
                 question=pair.question if pair.question is not None else run.question, kind=pair.kind,
                 view=pair.view, image_a=pngs[pair.image_a], image_b=pngs[pair.image_b],
@@ -443,9 +447,7 @@ def outcome(counts: dict[str, int]) -> tuple[str, str, float]:
 def _decide(s: Session, pair: Pair, now: datetime) -> dict | None:
     if pair.status != "pending" or s.get(Decision, pair.id) is not None:
         return None
-    rows = s.execute(sa.select(Vote.choice, sa.func.count()).where(
-        Vote.pair_id == pair.id, Vote.annotator_id.is_not(None), Vote.retracted.is_(False),
-        Vote.choice != "skip").group_by(Vote.choice)).all()
+    rows = s.execute(_COUNTS, {"pid": pair.id}).all()
     counts = {"a": 0, "b": 0, "tie": 0, "both_bad": 0} | {c: int(n) for c, n in rows}
     if sum(counts.values()) < pair.votes_needed:
         return None
