@@ -166,7 +166,11 @@ def connect(url: str | None = None) -> sa.Engine:
     rev, has_tables = _current_revision(engine)
     head = _head()
     if rev is None and not has_tables:
-        _upgrade(engine)
+        try:
+            _upgrade(engine)
+        except sa.exc.DBAPIError:  # another process created the schema at the same moment
+            if _current_revision(engine)[0] != head:
+                raise
     elif rev is None:
         raise LogError(f"{_describe(url)} holds tables but is not a dreamdpo log; give --db another database")
     elif rev != head:

@@ -170,3 +170,10 @@ def test_a_database_with_foreign_tables_is_refused(tmp_path, capsys):
     code, _, err = run_cli(["annotators", "list", "--db", str(path)], capsys)
     assert code != 0 and "not a dreamdpo log" in err
 
+
+
+def test_a_fresh_log_opened_by_many_processes_at_once(tmp_path):
+    path = str(tmp_path / "fresh.sqlite")
+    with mp.get_context("fork").Pool(4) as pool:
+        ids = pool.map(_create_in_child, [path] * 4)
+    assert sorted(ids) == [1, 2, 3, 4]
