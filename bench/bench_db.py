@@ -68,6 +68,7 @@ def votes_per_second(url: str, n_procs: int = 8, seconds: float = 10.0, n_pairs:
     for i in range(n_pairs):
         queue.post_pair(eng, run, i, images[i % 16], images[(i + 1) % 16]) if i < 16 else None
     bulk_pairs(eng, run, n_pairs - 16, images, status="pending")
+    analyze(eng)
     who = people(eng, n_procs, "tp")
     q = CTX.Queue()
     start_at = time.time() + 1.0
@@ -123,13 +124,18 @@ def build_big_log(url: str, n_pairs: int, n_votes: int) -> tuple[int, list[int],
                     decided_at=now) for pid in range(first, first + n_pairs)]
         for k in range(0, len(dec), 50000):
             conn.execute(sa.insert(Decision), dec[k:k + 50000])
+    analyze(eng)
+    return run, who, time.perf_counter() - t0
+
+
+def analyze(eng) -> None:
+    """Fresh planner statistics after a bulk load (PostgreSQL's autovacuum would do it within a minute)."""
     if eng.dialect.name == "postgresql":
         with eng.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("ANALYZE")
     else:
-        with eng.connect() as conn:
+        with eng.begin() as conn:
             conn.exec_driver_sql("ANALYZE")
-    return run, who, time.perf_counter() - t0
 
 
 def claim_vote_latency(url: str, run: int, n: int = 400) -> tuple[float, float, float, float]:
