@@ -155,3 +155,30 @@ def test_step_seeds_are_distinct_and_stable():
     seeds = {step_seed(s, k, stream) for s in range(3) for k in range(200) for stream in range(5)}
     assert len(seeds) == 3 * 200 * 5
     assert step_seed(0, 5, 1) == step_seed(0, 5, 1) and not math.isnan(step_seed(1, 1, 1))
+
+
+def test_every_judged_pair_is_logged_in_the_preference_log(tiny_sd, tmp_path):
+    from db import queue
+    from db.engine import connect
+    from db.read import pairs_frame, votes_frame
+    from dreamdpo.recording import DbRecorder
+
+    engine = connect(f"sqlite:///{tmp_path / 'log.sqlite'}")
+    cfg = config(tiny_sd, tmp_path / "run", steps=5, judge="toy-reward")
+    rec = DbRecorder(engine)
+    res = optimize(cfg, judge=BrightnessJudge(), recorder=rec, progress=False)
+    run = queue.get_run(engine, rec.run_id)
+    assert run["status"] == "finished" and run["step"] == 4 and run["prompt"] == "a red cube"
+    assert [h["step"] for h in run["metrics"]["history"]] == list(range(5))
+    assert queue.get_image(engine, run["metrics"]["turntable"]) is not None
+    votes, pairs = votes_frame(engine, run_id=rec.run_id), pairs_frame(engine, run_id=rec.run_id)
+    assert sorted(pairs["step"]) == list(range(5)) and (pairs["winner"].notna()).all()
+    assert (votes["judge"] == "brightness").all() and votes["annotator"].isna().all()
+    # the log's choices are the loop's verdicts, step by step
+    by_step = dict(zip(pairs["step"], pairs["winner"]))
+    assert [by_step[m["step"]] for m in res.metrics] == [m["winner"] for m in res.metrics]
+    # each pair can be regenerated: its seeds and timesteps are the loop's
+    from dreamdpo.optimize import NOISE_A, step_seed
+
+    row = pairs.sort_values("step").iloc[2]
+    assert int(row["seed_a"]) == step_seed(cfg.seed, 2, NOISE_A) and int(row["t"]) == res.metrics[2]["t_a"]
