@@ -5,6 +5,7 @@ trimesh dependency): a GLB is a JSON chunk plus one binary buffer.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 from pathlib import Path
@@ -15,37 +16,64 @@ import torch
 
 from dreamdpo.cameras import orbit_cameras
 from dreamdpo.errors import UserError
+from dreamdpo.field import SolidBackground
 from dreamdpo.images import to_uint8
 
 
 @torch.no_grad()
-def render_turntable(renderer, n_frames: int = 40, resolution: int = 128, elevation: float = 15.0) -> list[np.ndarray]:
-    """n_frames views around the object (uint8 [H, W, 3]), on the background's test colour."""
+def render_turntable(renderer, n_frames: int = 40, resolution: int = 128, elevation: float = 15.0,
+                     background: torch.nn.Module | None = None) -> list[np.ndarray]:
+    """n_frames views around the object (uint8 [H, W, 3]), in eval mode, on a solid white background
+    unless another `background` module is given (the neural environment map is a training aid)."""
     was_training = renderer.training
+    trained_background = renderer.background
+    renderer.background = background if background is not None else SolidBackground()
     renderer.eval()
-    cams = orbit_cameras(n_frames, elevation=elevation).to(next(renderer.parameters()).device)
-    frames = []
-    for i in range(n_frames):
-        out = renderer(cams[i], resolution, resolution, need_normals=False)
-        frames.append(to_uint8(out.rgb)[0])
-    renderer.train(was_training)
+    device = next(renderer.field.parameters()).device
+    renderer.background.to(device)
+    cams = orbit_cameras(n_frames, elevation=elevation).to(device)
+    try:
+        frames = [to_uint8(renderer(cams[i], resolution, resolution, need_normals=False).rgb)[0]
+                  for i in range(n_frames)]
+    finally:
+        renderer.background = trained_background
+        renderer.train(was_training)
     return frames
 
 
-def contact_sheet(frames: list[np.ndarray], n: int = 8) -> np.ndarray:
-    """n frames evenly picked from the turntable, side by side."""
+def contact_sheet(frames: list[np.ndarray], n: int = 8, columns: int = 4) -> np.ndarray:
+    """n frames evenly picked from the turntable, in a grid `columns` wide (white padding)."""
     pick = np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int)
-    return np.concatenate([frames[i] for i in pick], axis=1)
+    cols = min(columns, len(pick))
+    rows = -(-len(pick) // cols)
+    h, w, _ = frames[0].shape
+    sheet = np.full((rows * h, cols * w, 3), 255, dtype=np.uint8)
+    for k, i in enumerate(pick):
+        r, c = divmod(k, cols)
+        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = frames[i]
+    return sheet
 
 
-def save_turntable(frames: list[np.ndarray], out_dir: str | Path) -> dict[str, str]:
+def has_video_backend() -> bool:
+    """An MP4 needs imageio's ffmpeg or PyAV plugin; neither is a dependency (the GIF always works)."""
+    return any(importlib.util.find_spec(m) is not None for m in ("imageio_ffmpeg", "av"))
+
+
+def save_turntable(frames: list[np.ndarray], out_dir: str | Path, fps: int = 12) -> dict[str, str]:
+    """Frames as PNGs, an animated GIF, a contact sheet, and an MP4 when a video backend is installed."""
+    if not frames:
+        raise UserError("no turntable frames to save; render at least one test view")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for i, f in enumerate(frames):
         iio.imwrite(out / f"frame_{i:03d}.png", f)
-    iio.imwrite(out / "turntable.gif", np.stack(frames), duration=80, loop=0)
+    iio.imwrite(out / "turntable.gif", np.stack(frames), duration=round(1000 / fps), loop=0)
     iio.imwrite(out / "contact_sheet.png", contact_sheet(frames))
-    return {"frames": str(out), "gif": str(out / "turntable.gif"), "contact_sheet": str(out / "contact_sheet.png")}
+    paths = {"frames": str(out), "gif": str(out / "turntable.gif"), "contact_sheet": str(out / "contact_sheet.png")}
+    if has_video_backend():
+        iio.imwrite(out / "turntable.mp4", np.stack(frames), fps=fps)
+        paths["mp4"] = str(out / "turntable.mp4")
+    return paths
 
 
 @torch.no_grad()

@@ -60,6 +60,9 @@ class Renderer(nn.Module):
         b = field.cfg.bound
         self.estimator = nerfacc.OccGridEstimator(
             roi_aabb=[-b, -b, -b, b, b, b], resolution=self.cfg.grid_resolution, levels=1)
+        # nerfacc starts with every cell empty: a CUDA render before the first update would be blank.
+        # Start all-occupied instead (updates overwrite it; the EMA state `occs` is untouched)
+        self.estimator.binaries.fill_(True)
         # marching step: the cube's diagonal in max_samples steps
         self.render_step_size = 2 * b * 3**0.5 / self.cfg.max_samples
         # False until the first occupancy update: a renderer used without one samples everywhere
