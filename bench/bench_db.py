@@ -184,15 +184,7 @@ def decision_to_wait(url: str, n: int = 60) -> tuple[float, float]:
     return p95(lags), statistics.median(lags)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--engines", default="sqlite,postgresql")
-    ap.add_argument("--pairs", type=int, default=100_000)
-    ap.add_argument("--votes", type=int, default=1_000_000)
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--procs", type=int, default=8)
-    args = ap.parse_args(argv)
-    server = None
+def run_all(args, servers: list) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.engines.split(","):
             if name == "sqlite":
@@ -201,11 +193,11 @@ def main(argv=None) -> int:
             else:
                 from pg import PostgresServer
 
-                server = server or PostgresServer()
-                if not hasattr(server, "admin"):
-                    server.start()
+                if not servers:
+                    servers.append(PostgresServer())
+                    servers[0].start()
 
-                def url_for(tag, server=server):
+                def url_for(tag, server=servers[0]):
                     return server.database()
             vps = votes_per_second(url_for("tp"), args.procs, args.seconds)
             print(f"{name}: {vps:.0f} votes/s with {args.procs} annotator processes", flush=True)
@@ -218,8 +210,22 @@ def main(argv=None) -> int:
             w95, w50 = decision_to_wait(url)
             print(f"{name}: decision written → wait_for_decision returned: p95 {w95 * 1000:.0f} ms "
                   f"(median {w50 * 1000:.0f}) with poll 50 ms", flush=True)
-    if server is not None:
-        server.stop()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--engines", default="sqlite,postgresql")
+    ap.add_argument("--pairs", type=int, default=100_000)
+    ap.add_argument("--votes", type=int, default=1_000_000)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--procs", type=int, default=8)
+    args = ap.parse_args(argv)
+    servers: list = []
+    try:
+        run_all(args, servers)
+    finally:  # even when the output pipe closes early: never leave a server running
+        for server in servers:
+            server.stop()
     return 0
 
 

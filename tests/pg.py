@@ -6,6 +6,7 @@ reason) only when the PostgreSQL server binaries are absent; `make system-deps` 
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import itertools
 import os
@@ -87,6 +88,7 @@ def pg_server():
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin or PATH; "
                     "install Debian `postgresql` (make system-deps)")
     server = PostgresServer()
+    atexit.register(server.stop)  # also when the session dies without teardown (Ctrl-C, an error)
     try:
         server.start()
     except subprocess.CalledProcessError as e:
