@@ -1,13 +1,14 @@
 # Set-up is part of each target: the first run creates .venv and installs everything.
-PY := .venv/bin/python
 STAMP := .venv/.installed
+# machines of this project keep the CPU torch wheel in /opt/wheels; elsewhere pip uses the index
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 .PHONY: demo test setup system-deps
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
-	.venv/bin/pip install -q -e ".[dev]"
+	.venv/bin/pip install -q $(FIND_LINKS) -e ".[dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
