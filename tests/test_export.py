@@ -11,7 +11,7 @@ import torch
 from dreamdpo.errors import UserError
 from dreamdpo.export import (contact_sheet, extract_mesh, read_glb, render_turntable, save_mesh,
                              save_turntable)
-from dreamdpo.field import EnvMapBackground, FieldConfig, NeRFField, SolidBackground
+from dreamdpo.field import EnvMapBackground, FieldConfig, NeRFField
 from dreamdpo.render import RenderConfig, Renderer
 
 SMALL = FieldConfig(n_levels=4, log2_hashmap_size=12, max_resolution=64, hidden=16)
