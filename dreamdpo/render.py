@@ -118,7 +118,8 @@ class Renderer(nn.Module):
             return t.reshape(B, height, width, -1).permute(0, 3, 1, 2)
 
         return RenderOutput(rgb=img(rgb), opacity=img(opacity), depth=img(depth), normals=img(normals),
-                            orientation=orient.sum() / max(o.shape[0], 1), opacity_mean=opacity.mean())
+                            orientation=orient.sum() / (opacity > 0).sum().clamp_min(1),  # threestudio: per covered ray
+                            opacity_mean=opacity.mean())
 
     def _samples(self, x: Tensor, need_normals: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         if need_normals:
