@@ -1,0 +1,171 @@
+"""`dreamdpo annotate` (the annotator app on a log) and `dreamdpo demo` (the whole loop, offline).
+
+The app is `streamlit run annotator/app.py` in a child process; the log's URL travels in
+$DREAMDPO_DB, so the app and the optimizer read and write the same log.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from dreamdpo.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "annotator" / "app.py"
+DEMO_PROMPT = "a red cube"
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("annotate", help="start the annotator app (Streamlit) on the preference log")
+    p.add_argument("--db", help="log URL or SQLite file (default $DREAMDPO_DB, else dreamdpo-data/log.sqlite)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve a team)")
+    p.set_defaults(handler=annotate_command)
+
+    d = sub.add_parser("demo", help="the whole loop offline on a CPU: log, tokens, app and a toy run people judge",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("--prompt", default=DEMO_PROMPT)
+    d.add_argument("--steps", type=int, default=300)
+    d.add_argument("--every-k", type=int, default=10, help="people judge every k-th step, the toy reward the rest")
+    d.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds a pair waits for people before the toy reward decides it")
+    d.add_argument("--db", help="log URL or SQLite file (default: the demo's data directory)")
+    d.add_argument("--port", type=int, default=8501)
+    d.add_argument("--out", help="output directory (default <data dir>/demo-run)")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(handler=demo_command)
+
+
+# ----------------------------------------------------------------------------- the app process
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise UserError(f"port {port} is in use; pass --port with a free one") from None
+
+
+def start_app(db_url: str, port: int, host: str = "127.0.0.1", env: dict | None = None,
+              quiet: bool = True) -> subprocess.Popen:
+    """The Streamlit server as a child process (its own process group, so Ctrl-C handling stays ours)."""
+    child_env = {**os.environ, "DREAMDPO_DB": db_url, **(env or {})}
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), child_env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
+           "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal"]
+    out = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen(cmd, env=child_env, stdout=out, stderr=out, start_new_session=True)
+
+
+def wait_ready(proc: subprocess.Popen, port: int, host: str = "127.0.0.1", timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise UserError(f"the annotator app exited with code {proc.returncode}; run `dreamdpo annotate` to see why")
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/_stcore/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise UserError(f"the annotator app did not answer on port {port} within {timeout:.0f} s")
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def annotate_command(args) -> int:
+    from db.engine import connect, resolve_url
+
+    url = resolve_url(args.db)
+    connect(url)  # fail here, in one line, if the log cannot be opened or migrated
+    check_port_free(args.host, args.port)
+    proc = start_app(url, args.port, args.host, quiet=False)
+    try:
+        wait_ready(proc, args.port, args.host)
+        print(f"annotator app: http://{args.host}:{args.port}  (log: {url}; Ctrl-C stops it)", flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_app(proc)
+
+
+# ----------------------------------------------------------------------------- the demo
+def demo_accounts(engine, state_file: Path) -> dict:
+    """The demo's admin and annotator tokens: made once, kept (0600) beside the demo's log so that
+    running the demo again resumes with the same sign-in."""
+    from db import accounts
+
+    if state_file.exists():
+        state = json.loads(state_file.read_text())
+        if all(accounts.authenticate(engine, state.get(k, "")) for k in ("admin_token", "annotator_token")):
+            return state
+    suffix = "" if not state_file.exists() else f"-{int(time.time())}"
+    state = {"admin_token": accounts.add_annotator(engine, f"demo-admin{suffix}", admin=True),
+             "annotator_token": accounts.add_annotator(engine, f"demo-annotator{suffix}")}
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.touch(mode=0o600)
+    state_file.write_text(json.dumps(state))
+    return state
+
+
+def demo_config(args, out: Path):
+    from dreamdpo.config import load_config
+
+    flags = {"prompt": args.prompt, "backbone": "toy", "judge": "human", "steps": args.steps, "out": str(out),
+             "device": "cpu", "export_mesh": True, "mesh_resolution": 64, "checkpoint_every": 10}
+    overrides = [f"human.every_k={args.every_k}", f"human.timeout_s={args.timeout}", "human.fallback=model",
+                 "assist_judge=toy-reward"]
+    return load_config(flags=flags, overrides=overrides)
+
+
+def demo_command(args) -> int:
+    from db.engine import connect, data_dir, resolve_url
+    from dreamdpo.commands.run import prepare_run
+    from dreamdpo.optimize import optimize
+
+    home = data_dir()
+    url = resolve_url(args.db)
+    engine = connect(url)
+    out = Path(args.out) if args.out else home / "demo-run"
+    cfg = demo_config(args, out)
+    resume = (out / "checkpoints" / "last.pt").exists()
+    check_port_free("127.0.0.1", args.port)
+    tokens = demo_accounts(engine, home / "demo-tokens.json")
+    judge, recorder = prepare_run(cfg, db_url=url, resume=resume)
+    proc = start_app(url, args.port, env={"DREAMDPO_LEASE_S": str(cfg.human.lease_seconds)})
+    try:
+        wait_ready(proc, args.port)
+        print(f"annotator app: http://127.0.0.1:{args.port}\n"
+              f"  admin token:     {tokens['admin_token']}\n"
+              f"  annotator token: {tokens['annotator_token']}\n"
+              f"log: {url}\n{'resuming' if resume else 'starting'} run {recorder.run_id}: {cfg.prompt!r}, "
+              f"{cfg.steps} steps; people judge every {cfg.human.every_k}th step (the toy reward after "
+              f"{cfg.human.timeout_s:.0f} s without a vote, and on the other steps)", flush=True)
+        result = optimize(cfg, judge=judge, recorder=recorder, resume=resume, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"stopped; the last checkpoint is in {out}. Run `dreamdpo demo` again to resume.", file=sys.stderr)
+        return 130
+    finally:
+        stop_app(proc)
+    print(f"{result.status}: {result.steps_done} steps of run {recorder.run_id}; outputs in {result.out_dir}")
+    for name, path in result.outputs.items():
+        if isinstance(path, str):
+            print(f"  {name}: {path}")
+    return 0 if result.status == "finished" else 1
