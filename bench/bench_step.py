@@ -78,6 +78,7 @@ def main() -> None:
     # the parts on their own
     c = cfg("toy-reward", tmp / "parts")
     nerf, bg, renderer = build_scene(c, device)
+    renderer.train().update_occupancy(0)  # as in the loop: empty cells skipped from step 0 on
     cams = random_cameras(CameraConfig(), 1, torch.Generator().manual_seed(0)).to(device)
     cond = prior.encode_prompt(c.prompt)
     R = args.resolution
