@@ -1,7 +1,7 @@
 """Export of a 100k-comparison log (64×64 images) to Pick-a-Pic parquet: time and peak memory
 (goal ≤ 30 s); the Audit page's load + compute time on the same log (goal ≤ 2 s).
 
-The log is the synthetic log of scripts/make_synthetic_log.py (planted judges, annotators, gold
+The log is the synthetic log of db/synthetic.py (planted judges, annotators, gold
 pairs, duplicates) scaled to ~100k votes, written to SQLite in bulk (a separate process, so its
 memory is not counted); every pair has its own two 64×64 PNGs with smooth texture (~7 KiB each).
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import io
 import resource
 import shutil
@@ -22,14 +21,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def load_synthetic():
-    spec = importlib.util.spec_from_file_location("make_synthetic_log", ROOT / "scripts" / "make_synthetic_log.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["make_synthetic_log"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def texture_png(i: int, size: int = 64) -> bytes:
@@ -53,7 +44,7 @@ def build_log(url: str, n_comparisons: int) -> None:
     from db import models
     from db.engine import connect
 
-    syn = load_synthetic()
+    from db import synthetic as syn
     n_live = max(10, int(n_comparisons / 6.6))  # ~6.6 votes per live pair in the synthetic log
     pairs, votes = syn.synthetic_log(syn.SyntheticSpec(n_live=n_live, n_gold=max(10, n_live // 100)))
     engine = connect(url)

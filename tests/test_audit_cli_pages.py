@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -13,19 +12,10 @@ from streamlit.testing.v1 import AppTest
 
 from dreamdpo.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # the module fixture writes ~1000 votes through claims (~12 s)
 
 
-def load_synthetic():
-    spec = importlib.util.spec_from_file_location("make_synthetic_log", ROOT / "scripts" / "make_synthetic_log.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["make_synthetic_log"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-SYN = load_synthetic()
+from db import synthetic as SYN  # noqa: E402
 
 
 @pytest.fixture(scope="module")

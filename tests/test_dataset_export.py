@@ -3,7 +3,6 @@ admin-only exports, bounded memory on a large log."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import sys
 import tracemalloc
@@ -19,15 +18,7 @@ from db.errors import LogError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_synthetic():
-    spec = importlib.util.spec_from_file_location("make_synthetic_log", ROOT / "scripts" / "make_synthetic_log.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["make_synthetic_log"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-SYN = load_synthetic()
+from db import synthetic as SYN  # noqa: E402
 
 
 def synthetic_comparisons(n_live=60, seed=0):

@@ -2,28 +2,15 @@
 SQLite log."""
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
-from pathlib import Path
 
 import pytest
 
 from db import qc, stats
 from db.errors import LogError
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def load_synthetic():
-    spec = importlib.util.spec_from_file_location("make_synthetic_log", ROOT / "scripts" / "make_synthetic_log.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["make_synthetic_log"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-SYN = load_synthetic()
+from db import synthetic as SYN  # noqa: E402
 
 
 @pytest.fixture()

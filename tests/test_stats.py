@@ -2,9 +2,6 @@
 synthetic log whose planted facts the reports must find."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,16 +10,6 @@ from scipy import stats as sps
 from sklearn.metrics import cohen_kappa_score
 
 from db import stats
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_synthetic():
-    spec = importlib.util.spec_from_file_location("make_synthetic_log", ROOT / "scripts" / "make_synthetic_log.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["make_synthetic_log"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def votes(rows):
@@ -40,7 +27,7 @@ def votes(rows):
 
 @pytest.fixture(scope="module")
 def synthetic():
-    mod = load_synthetic()
+    from db import synthetic as mod
     pairs, frame = mod.synthetic_log(mod.SyntheticSpec(seed=1))
     return pairs, frame
 

@@ -12,7 +12,7 @@ Planted facts (what the audit must find):
 - gold pairs (known answer), swapped duplicates, true ties, both-bad pairs, skips.
 
 `synthetic_log(...)` is pure (returns frames); `write_log(engine, ...)` posts the same log through
-db.queue so the real database holds it. Usage: python scripts/make_synthetic_log.py --db sqlite:///log.db
+db.queue so the real database holds it. Usage: python -m db.synthetic --db sqlite:///log.db
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from db.read import VOTE_COLUMNS
+
 GOOD = ("alice", "bob", "carol", "dave")
 ANNOTATORS = GOOD + ("lefty", "spammer")
 JUDGES = ("toy-judge", "first-judge")
 STRENGTHS = np.arange(6) * 0.4
-VOTE_COLUMNS = ["vote_id", "pair_id", "run_id", "step", "kind", "annotator", "judge", "choice", "score_a",
-                "score_b", "shown_left", "latency_ms", "created_at", "gold_answer", "duplicate_of", "retracted"]
 
 
 @dataclass(frozen=True)
