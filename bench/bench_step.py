@@ -14,35 +14,19 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from bench_render import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
 from tiny_models import make_tiny_sd  # noqa: E402
 
 from dreamdpo.cameras import CameraConfig, random_cameras  # noqa: E402
 from dreamdpo.config import load_config  # noqa: E402
 from dreamdpo.optimize import build_scene, load_prior, optimize  # noqa: E402
 from dreamdpo.toyworld.reward import ToyRewardJudge  # noqa: E402
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, repeats=10):
-    out = []
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        out.append((time.perf_counter() - t) * 1000)
-    return statistics.median(out)
 
 
 def main() -> None:
@@ -96,10 +80,10 @@ def main() -> None:
         pred = prior.predict_noise(z2, t2, cond, cams2, 7.5)
         imgs = prior.decode(prior.predict_x0(z2, pred.eps_cfg, t2)).float()
     iso = {
-        "render fwd+bwd (incl. encode)": timed(render_fb, device),
-        "prior call (pair, cond+neg)": timed(lambda: prior.predict_noise(z2, t2, cond, cams2, 7.5), device),
-        "decode x̂0 (pair)": timed(lambda: prior.decode(prior.predict_x0(z2, pred.eps_cfg, t2)), device),
-        "judge (toy reward)": timed(lambda: judge.compare(imgs[:1], imgs[1:], c.prompt), device),
+        "render fwd+bwd (incl. encode)": timed(render_fb, device, 10)[0],
+        "prior call (pair, cond+neg)": timed(lambda: prior.predict_noise(z2, t2, cond, cams2, 7.5), device, 10)[0],
+        "decode x̂0 (pair)": timed(lambda: prior.decode(prior.predict_x0(z2, pred.eps_cfg, t2)), device, 10)[0],
+        "judge (toy reward)": timed(lambda: judge.compare(imgs[:1], imgs[1:], c.prompt), device, 10)[0],
     }
     total = sum(iso.values())
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
