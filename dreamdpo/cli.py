@@ -14,7 +14,9 @@ COMMAND_MODULES = ["run", "log", "annotate", "audit", "toyworld"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dreamdpo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="dreamdpo", description="Preference-aligned text-to-3D (DreamDPO), with people in the loop and a log "
+                                     "of every comparison.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
