@@ -23,6 +23,7 @@ LEASE_S = float(os.environ.get("DREAMDPO_LEASE_S", "120"))  # how long a shown p
 # (label, keyboard shortcut, what it means relative to the screen)
 BUTTONS = [("Left better", "Left", "left"), ("Right better", "Right", "right"), ("Tie", "t", "tie"),
            ("Both bad", "b", "both_bad"), ("Skip", "s", "skip")]
+FLASH_S = 6.0  # how long a message stays while the page keeps polling
 EMPTY = "No pairs are waiting for you right now. New ones appear here by themselves."
 
 
@@ -50,6 +51,7 @@ def _vote(engine, user, button: str) -> None:
     pair = ss.get("pair")
     if pair is None:
         return
+    ss["flash"] = None
     choice = choice_for(button, pair["shown_left"])
     latency = int((time.monotonic() - pair["shown_at"]) * 1000)
     try:
@@ -60,7 +62,7 @@ def _vote(engine, user, button: str) -> None:
             queue.vote(engine, pair["pair_id"], user["id"], choice, shown_left=pair["shown_left"], latency_ms=latency)
             ss["last"] = pair
     except LogError as e:
-        ss["flash"] = ("warning", f"Your vote was not stored: {e}")
+        ss["flash"] = ("warning", f"Your vote was not stored: {e}", time.monotonic() + FLASH_S)
         ss["last"] = None
     ss["pair"] = None  # the next pair is claimed in this same rerun
 
@@ -71,11 +73,12 @@ def _undo(engine, user) -> None:
     if last is None:
         return
     if queue.undo_vote(engine, last["pair_id"], user["id"]):
-        ss["flash"] = ("info", f"Vote on pair {last['pair_id']} undone: vote again.")
+        ss["flash"] = ("info", f"Vote on pair {last['pair_id']} undone: vote again.", time.monotonic() + FLASH_S)
         last["shown_at"] = time.monotonic()
         ss["pair"] = last  # the pair you were on (if any) stays leased to you and comes next
     else:
-        ss["flash"] = ("warning", f"Too late to undo: pair {last['pair_id']} is already decided or your lease ran out.")
+        ss["flash"] = ("warning", f"Too late to undo: pair {last['pair_id']} is already decided or your lease ran out.",
+                       time.monotonic() + FLASH_S)
     ss["last"] = None
 
 
@@ -90,7 +93,9 @@ def pane(engine, user) -> None:
     c[0].metric("Done today", stats["done_today"] or 0)
     c[1].metric("Waiting in the queue", stats["pending"])
     c[2].metric("Live runs waiting on people", stats["live_runs_waiting"])
-    flash = ss.pop("flash", None)
+    flash = ss.get("flash")
+    if flash is not None and time.monotonic() > flash[2]:
+        flash = ss["flash"] = None
     if flash is not None:
         (st.warning if flash[0] == "warning" else st.info)(flash[1])
     if pair is None:
