@@ -4,7 +4,7 @@ Left/right is shuffled per pair and the shown order logged with the vote (shown_
 candidate drawn on the left). The time from the pair appearing to the vote is logged as
 latency_ms. A vote, the claim of the next pair and its images happen in the same rerun of the
 fragment, so the next pair is on screen as soon as the vote is stored; the fragment also reruns
-every DREAMDPO_POLL_S seconds (default 1), so a pair posted while the queue was empty appears
+every DREAMDPO_POLL_S seconds (default 0.5), so a pair posted while the queue was empty appears
 without a reload. Prompts and questions are drawn with st.text: HTML in them stays text.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import streamlit as st
 from db import queue
 from db.errors import LogError
 
-POLL_S = float(os.environ.get("DREAMDPO_POLL_S", "1"))
+POLL_S = float(os.environ.get("DREAMDPO_POLL_S", "0.5"))  # seconds between checks for a new pair
 LEASE_S = float(os.environ.get("DREAMDPO_LEASE_S", "120"))  # how long a shown pair stays yours
 # (label, keyboard shortcut, what it means relative to the screen)
 BUTTONS = [("Left better", "Left", "left"), ("Right better", "Right", "right"), ("Tie", "t", "tie"),
