@@ -222,3 +222,30 @@ def test_bad_policies_are_one_line_errors(log, policy, model, message):
     with pytest.raises(UserError, match=message) as e:
         HumanJudge(log[0], policy, model_judge=model)
     assert "\n" not in str(e.value)
+
+
+def test_quality_control_pairs_are_mixed_in_after_live_pairs(log):
+    from db import qc
+
+    engine, run_id = log
+    from dreamdpo.images import views_png
+
+    ga, gb = images(6)
+    gold = qc.post_gold_pair(engine, run_id, views_png(ga), views_png(gb), "a")
+    judge = HumanJudge(engine, HumanPolicy(timeout_s=20, gold_rate=1.0, duplicate_rate=1.0, fallback="pull"))
+    threads = people(engine, ["a"])
+    j = judge.compare(*images(7), "p", ctx(run_id, step=0))
+    for t in threads:
+        t.join()
+    with engine.connect() as c:
+        rows = c.execute(sa.select(Pair.id, Pair.kind, Pair.duplicate_of, Pair.gold_answer, Pair.image_a,
+                                   Pair.image_b).order_by(Pair.id)).all()
+    kinds = [r.kind for r in rows]
+    assert kinds.count("gold") == 2 and kinds.count("duplicate") == 1  # the seeded gold pair + one copy
+    dup = next(r for r in rows if r.kind == "duplicate")
+    live = next(r for r in rows if r.kind == "live")
+    assert dup.duplicate_of == live.id == j.pair_id
+    assert (dup.image_a, dup.image_b) == (live.image_b, live.image_a)  # sides swapped
+    assert next(r for r in rows if r.kind == "gold" and r.id != gold).gold_answer == "a"
+    with pytest.raises(UserError, match="gold_rate"):
+        HumanJudge(engine, HumanPolicy(gold_rate=2.0, fallback="pull"))

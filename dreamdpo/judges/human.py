@@ -48,6 +48,10 @@ class HumanPolicy:
     audit_rate: float = 0.0  # fraction of model-judged pairs also sent to people, without waiting
     lease_seconds: float = 120.0
     question: str = "Which one matches the prompt better?"
+    # quality control mixed into the queue after each live pair (db/qc.py): a copy of a gold pair
+    # (known answer) and a swapped duplicate of an earlier live pair, each with this probability
+    gold_rate: float = 0.0
+    duplicate_rate: float = 0.0
 
     def check(self, has_model_judge: bool) -> None:
         """One-line errors for settings that cannot work."""
@@ -61,6 +65,9 @@ class HumanPolicy:
             raise UserError(f"human.every_k must be ≥ 1, got {self.every_k}")
         if not 0.0 <= self.audit_rate <= 1.0:
             raise UserError(f"human.audit_rate must be in [0, 1], got {self.audit_rate}")
+        for name in ("gold_rate", "duplicate_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UserError(f"human.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.lease_seconds <= 0:
             raise UserError(f"human.lease_seconds must be > 0, got {self.lease_seconds}")
         if not has_model_judge and self.fallback == "model":
@@ -149,6 +156,12 @@ class HumanJudge(Judge):
 
     def _ask_people(self, images_a, images_b, prompt: str, ctx: JudgeContext) -> Judgement:
         pair_id = self._post(images_a, images_b, ctx, kind="live", deadline=True)
+        if self.policy.gold_rate or self.policy.duplicate_rate:
+            from db import qc
+
+            qc.mix_in(self.engine, ctx.run_id,
+                      qc.QCConfig(self.policy.gold_rate, self.policy.duplicate_rate, self.policy.votes_needed),
+                      rng=random.Random(self.seed * 1_000_003 + ctx.step + 1))
         t0 = time.monotonic()
         decision, cancelled = self._wait(pair_id, ctx.run_id)
         waited = time.monotonic() - t0
