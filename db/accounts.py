@@ -34,6 +34,17 @@ def add_annotator(engine, name: str, admin: bool = False) -> str:
     return token
 
 
+def reissue_token(engine, name: str) -> str:
+    """A new token for an existing account (shown once); the old one stops working."""
+    token = secrets.token_urlsafe(32)
+    with Session(engine) as s, s.begin():
+        a = s.scalars(sa.select(Annotator).where(Annotator.name == name)).first()
+        if a is None:
+            raise LogError(f"no annotator named {name!r}; see `dreamdpo annotators list`")
+        a.token_hash = token_hash(token)
+    return token
+
+
 def authenticate(engine, token: str) -> dict | None:
     """The active account with this token, or None."""
     if not token or not isinstance(token, str):

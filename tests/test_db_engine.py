@@ -177,3 +177,19 @@ def test_a_fresh_log_opened_by_many_processes_at_once(tmp_path):
     with mp.get_context("fork").Pool(4) as pool:
         ids = pool.map(_create_in_child, [path] * 4)
     assert sorted(ids) == [1, 2, 3, 4]
+
+
+def test_reissued_token_replaces_the_old_one_and_demo_accounts_keep_no_secret(engine, tmp_path, monkeypatch):
+    from dreamdpo.commands.annotate import demo_accounts
+
+    old = accounts.add_annotator(engine, "erin")
+    new = accounts.reissue_token(engine, "erin")
+    assert accounts.authenticate(engine, old) is None and accounts.authenticate(engine, new)["name"] == "erin"
+    with pytest.raises(LogError, match="no annotator named"):
+        accounts.reissue_token(engine, "nobody")
+    monkeypatch.chdir(tmp_path)
+    first, second = demo_accounts(engine), demo_accounts(engine)  # a re-run signs the same accounts in anew
+    assert accounts.authenticate(engine, first["admin_token"]) is None
+    assert accounts.authenticate(engine, second["admin_token"])["admin"] is True
+    assert accounts.authenticate(engine, second["annotator_token"])["name"] == "demo-annotator"
+    assert not any(second["admin_token"] in p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())

@@ -6,7 +6,6 @@ $DREAMDPO_DB, so the app and the optimizer read and write the same log.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
@@ -107,22 +106,18 @@ def annotate_command(args) -> int:
 
 
 # ----------------------------------------------------------------------------- the demo
-def demo_accounts(engine, state_file: Path) -> dict:
-    """The demo's admin and annotator tokens: made once, kept (0600) beside the demo's log so that
-    running the demo again resumes with the same sign-in."""
+def demo_accounts(engine) -> dict:
+    """The demo's admin and annotator accounts, created on first use; every start issues them fresh
+    tokens (printed once, only their hashes stored), so nothing secret is kept on disk."""
     from db import accounts
 
-    if state_file.exists():
-        state = json.loads(state_file.read_text())
-        if all(accounts.authenticate(engine, state.get(k, "")) for k in ("admin_token", "annotator_token")):
-            return state
-    suffix = "" if not state_file.exists() else f"-{int(time.time())}"
-    state = {"admin_token": accounts.add_annotator(engine, f"demo-admin{suffix}", admin=True),
-             "annotator_token": accounts.add_annotator(engine, f"demo-annotator{suffix}")}
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    state_file.touch(mode=0o600)
-    state_file.write_text(json.dumps(state))
-    return state
+    tokens = {}
+    for key, name, admin in (("admin_token", "demo-admin", True), ("annotator_token", "demo-annotator", False)):
+        if any(a["name"] == name for a in accounts.list_annotators(engine)):
+            tokens[key] = accounts.reissue_token(engine, name)
+        else:
+            tokens[key] = accounts.add_annotator(engine, name, admin=admin)
+    return tokens
 
 
 def demo_config(args, out: Path):
@@ -147,7 +142,7 @@ def demo_command(args) -> int:
     cfg = demo_config(args, out)
     resume = (out / "checkpoints" / "last.pt").exists()
     check_port_free("127.0.0.1", args.port)
-    tokens = demo_accounts(engine, home / "demo-tokens.json")
+    tokens = demo_accounts(engine)
     judge, recorder = prepare_run(cfg, db_url=url, resume=resume)
     proc = start_app(url, args.port, env={"DREAMDPO_LEASE_S": str(cfg.human.lease_seconds)})
     try:
