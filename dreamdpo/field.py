@@ -137,16 +137,17 @@ class NeRFField(nn.Module):
     def _features(self, x: Tensor) -> Tensor:
         return self.encoding((x / self.cfg.bound + 1) * 0.5)
 
+    def _sigma(self, h: Tensor, x: Tensor) -> Tensor:
+        return F.softplus(self.density_mlp(h)[..., 0] + self.density_bias(x))
+
     def density(self, x: Tensor) -> Tensor:
         """σ(x) ≥ 0 for points [N, 3]."""
-        raw = self.density_mlp(self._features(x))[..., 0]
-        return F.softplus(raw + self.density_bias(x))
+        return self._sigma(self._features(x), x)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(σ [N], rgb [N, 3] in [0, 1])."""
         h = self._features(x)
-        sigma = F.softplus(self.density_mlp(h)[..., 0] + self.density_bias(x))
-        return sigma, torch.sigmoid(self.color_mlp(h))
+        return self._sigma(h, x), torch.sigmoid(self.color_mlp(h))
 
     def forward_with_normals(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(σ, rgb, n) with n = −∇σ/‖∇σ‖ by autograd (create_graph: the orientation loss trains through it)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import Tensor
 
-from dreamdpo.images import png_bytes, tile_views, views_png
+from dreamdpo.images import views_png
 from dreamdpo.judges.base import JudgeContext, Judgement
 
 HISTORY_LIMIT = 2000  # points of loss/gap curve kept in the log's run row
@@ -84,9 +84,8 @@ class DbRecorder(Recorder):
         if judgement.pair_id is not None:
             return
         choice = judgement.winner if not judgement.skip else "skip"
-        render = png_bytes(tile_views(context.render)) if context.render is not None else None
-        sa = sum(judgement.scores_a) / len(judgement.scores_a) if judgement.scores_a else None
-        sb = sum(judgement.scores_b) / len(judgement.scores_b) if judgement.scores_b else None
+        render = views_png(context.render) if context.render is not None else None
+        sa, sb = judgement.mean_scores()
         judgement.pair_id = queue.record_model_comparison(
             self.engine, self.run_id, context.step, views_png(images_a), views_png(images_b),
             judgement.judge, choice, sa, sb, raw=judgement.raw, render_image=render,

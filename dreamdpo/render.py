@@ -24,6 +24,7 @@ class RenderConfig:
     max_samples: int = 512  # reference: up to 512 samples per ray (CUDA marching step is derived from it)
     grid_resolution: int = 64  # occupancy grid (CUDA path)
     occ_threshold: float = 0.01
+    occ_every: int = 16  # steps between occupancy-grid refreshes (nerfacc's default)
     chunk_rays: int = 8192  # rays per chunk, bounds memory
     force_dense: bool = False  # use the CPU path on CUDA too (for comparisons)
 
@@ -89,8 +90,8 @@ class Renderer(nn.Module):
             torch.manual_seed(seed * 1_000_003 + step)
             self.estimator.update_every_n_steps(
                 step, occ_eval_fn=lambda x: self.field.density(x) * step_size,
-                occ_thre=self.cfg.occ_threshold)
-        if step % 16 == 0:
+                occ_thre=self.cfg.occ_threshold, n=self.cfg.occ_every)
+        if step % self.cfg.occ_every == 0:  # the estimator refreshed the grid this step
             self.grid_ready.fill_(True)
 
     def forward(self, cameras: Cameras, height: int, width: int, *, generator: torch.Generator | None = None,

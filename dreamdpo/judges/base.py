@@ -38,6 +38,13 @@ class Judgement:
     pair_id: int | None = None  # set when the judge already wrote the pair to the log
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def mean_scores(self) -> tuple[float | None, float | None]:
+        """Mean score of each candidate over its views (None where the judge gave no scores)."""
+        def mean(xs):
+            return sum(xs) / len(xs) if xs else None
+
+        return mean(self.scores_a), mean(self.scores_b)
+
 
 def judgement_from_scores(name: str, scores_a: Tensor, scores_b: Tensor, raw: str | None = None) -> Judgement:
     """Per-view scores → winner by mean score (ties → 'a'), gap = |mean_a − mean_b|."""

@@ -31,7 +31,7 @@ from datetime import timedelta
 from torch import Tensor
 
 from dreamdpo.errors import UserError
-from dreamdpo.images import png_bytes, tile_views, views_png
+from dreamdpo.images import views_png
 from dreamdpo.judges.base import Judge, JudgeContext, Judgement
 
 FALLBACKS = ("model", "pull", "skip")
@@ -89,10 +89,6 @@ def decision_to_judgement(decision: dict, pair_id: int) -> Judgement:
     return Judgement(winner=winner, gap=gap, judge="human", raw=raw, pair_id=pair_id, extra=extra)
 
 
-def _mean(xs: list[float] | None) -> float | None:
-    return sum(xs) / len(xs) if xs else None
-
-
 class HumanJudge(Judge):
     name = "human"
 
@@ -139,7 +135,7 @@ class HumanJudge(Judge):
         from db import queue
         from db.models import utcnow
 
-        render = png_bytes(tile_views(ctx.render)) if ctx.render is not None else None
+        render = views_png(ctx.render) if ctx.render is not None else None
         return queue.post_pair(
             self.engine, ctx.run_id, ctx.step, views_png(images_a), views_png(images_b), render_image=render,
             t=ctx.t[0], t_b=ctx.t[1], seed_a=ctx.seeds[0], seed_b=ctx.seeds[1], cameras=ctx.cameras,
@@ -151,7 +147,7 @@ class HumanJudge(Judge):
         from db import queue
 
         choice = "skip" if j.skip else j.winner
-        queue.log_judge(self.engine, pair_id, name or j.judge, choice, _mean(j.scores_a), _mean(j.scores_b),
+        queue.log_judge(self.engine, pair_id, name or j.judge, choice, *j.mean_scores(),
                         raw=j.raw)
 
     def _ask_people(self, images_a, images_b, prompt: str, ctx: JudgeContext) -> Judgement:
