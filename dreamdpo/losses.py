@@ -71,12 +71,17 @@ def push_weight(gap: float, cfg: DPOConfig) -> float:
 
 def dreamdpo_grad(win: Member, lose: Member, gap: float, cfg: DPOConfig) -> Tensor:
     """The gradient injected into z for one judged pair (METHOD.md §1.7)."""
+    return mixed_grad(win, lose, push_weight(gap, cfg), cfg)
+
+
+def mixed_grad(win: Member, lose: Member, lam: float, cfg: DPOConfig) -> Tensor:
+    """λ·(pull win + push lose) + (1 − λ)·(pull only); λ from push_weight, or 0 where there is no
+    loser to push (a person's tie)."""
     pull = win.w * (win.eps_cfg - win.noise)
     lose_eps = lose.eps_cfg if cfg.push_uses_cfg else lose.eps_cond
     push = lose.w * (lose_eps - lose.noise)
     both = pull - push
     pull_only = pull if cfg.pull_subtract_noise else win.w * win.eps_cfg
-    lam = push_weight(gap, cfg)
     if lam == 1.0:
         return both
     if lam == 0.0:

@@ -114,7 +114,7 @@ def load_model_judge(name: str, device: torch.device, weights: str | None = None
 # ---------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: Path, step: int, nerf, background, renderer, optimizer, cfg: RunConfig) -> None:
+def save_checkpoint(path: Path, step: int, renderer, optimizer, cfg: RunConfig) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "step": step,
@@ -212,9 +212,16 @@ def injected_gradient(
             continue
         else:
             win, lose = (0, 1) if verdict.winner in ("a", "tie") else (1, 0)
-            gap = 0.0 if verdict.winner == "tie" else verdict.gap
-            grad[sl] = losses.dreamdpo_grad(member(win), member(lose), gap, cfg.dpo)
+            grad[sl] = losses.mixed_grad(member(win), member(lose), push_fraction(verdict, cfg.dpo), cfg.dpo)
     return grad
+
+
+def push_fraction(verdict: Judgement, dpo: losses.DPOConfig) -> float:
+    """How much of the push branch a verdict fires: none for a skip or a tie (there is no loser,
+    whatever τ), else losses.push_weight of its gap."""
+    if verdict.skip or verdict.winner == "tie":
+        return 0.0
+    return losses.push_weight(verdict.gap, dpo)
 
 
 # ---------------------------------------------------------------- the loop
@@ -327,7 +334,7 @@ def optimize(
             if judge is not None:
                 v = verdicts[0]
                 row.update(winner=v.winner, gap=float(v.gap), skip=int(v.skip),
-                           push=int(not v.skip and v.winner != "tie" and v.gap >= cfg.dpo.tau),
+                           push=push_fraction(v, cfg.dpo),
                            source=v.extra.get("source", v.judge))
             metrics.append(row)
             if writer is None:
@@ -341,7 +348,7 @@ def optimize(
                              for k in ("loss", "gap", "judge_ms") if k in row})
             bar.update(1)
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                save_checkpoint(ckpt_path, step + 1, nerf, background, renderer, optimizer, cfg)
+                save_checkpoint(ckpt_path, step + 1, renderer, optimizer, cfg)
         else:
             step = cfg.steps
     except KeyboardInterrupt:  # Ctrl-C: the last checkpoint stays; `--resume` continues

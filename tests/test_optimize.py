@@ -182,3 +182,23 @@ def test_every_judged_pair_is_logged_in_the_preference_log(tiny_sd, tmp_path):
 
     row = pairs.sort_values("step").iloc[2]
     assert int(row["seed_a"]) == step_seed(cfg.seed, 2, NOISE_A) and int(row["t"]) == res.metrics[2]["t_a"]
+
+
+def test_a_tie_pulls_only_even_at_tau_zero():
+    """A person's tie has no loser: the push branch must not fire, whatever τ (it did at τ = 0)."""
+    from types import SimpleNamespace
+
+    from dreamdpo import losses
+    from dreamdpo.judges.base import Judgement
+    from dreamdpo.optimize import Candidates, injected_gradient
+
+    g = torch.Generator().manual_seed(0)
+    eps_cfg, eps_cond, noise = (torch.randn(2, 1, 4, 2, 2, generator=g) for _ in range(3))
+    c = Candidates(t=torch.full((2, 1), 500), noise=noise, eps_cfg=eps_cfg, eps_cond=eps_cond, images=torch.empty(0))
+    prior = SimpleNamespace(weight=lambda t, like: torch.full((like.shape[0], 1, 1, 1), 0.5))
+    z = torch.zeros(1, 4, 2, 2)
+    cfg = SimpleNamespace(dpo=losses.DPOConfig(tau=0.0))
+    tie = injected_gradient(prior, z, c, [Judgement(winner="tie", gap=0.0, judge="human")], cfg)
+    assert torch.allclose(tie, 0.5 * (eps_cfg[0] - noise[0]))
+    win_b = injected_gradient(prior, z, c, [Judgement(winner="b", gap=0.0, judge="human")], cfg)
+    assert torch.allclose(win_b, 0.5 * (eps_cfg[1] - noise[1]) - 0.5 * (eps_cond[0] - noise[0]))
