@@ -1,9 +1,10 @@
-"""Admin page (admins only): annotators and their tokens, queue health."""
+"""Admin page (admins only): annotators and their tokens (add, deactivate, reactivate), queue health."""
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+from annotator.plain import md
 from db import accounts, queue
 from db.errors import LogError
 
@@ -30,10 +31,10 @@ def render(engine, user: dict) -> None:
         if st.form_submit_button("Create token"):
             try:
                 token = accounts.add_annotator(engine, name.strip(), admin=admin)
-                st.success(f"Token for {name.strip()} (shown once; hand it over privately):")
+                st.success(f"Token for {md(name.strip())} (shown once; hand it over privately):")
                 st.code(token, language=None)
             except LogError as e:
-                st.error(str(e))
+                st.error(md(e))
     people = accounts.list_annotators(engine)
     if people:
         st.dataframe(pd.DataFrame(people), hide_index=True)
@@ -43,4 +44,11 @@ def render(engine, user: dict) -> None:
             who = st.selectbox("Deactivate", active)
             if st.form_submit_button("Deactivate"):
                 accounts.deactivate(engine, who)
-                st.success(f"{who} can no longer sign in.")
+                st.success(f"{md(who)} can no longer sign in, vote, undo or skip.")
+    inactive = [p["name"] for p in people if not p.get("active")]
+    if inactive:
+        with st.form("reactivate"):
+            who = st.selectbox("Reactivate", inactive)
+            if st.form_submit_button("Reactivate"):
+                accounts.activate(engine, who)
+                st.success(f"{md(who)} can sign in again with their old token.")

@@ -6,6 +6,11 @@ latency_ms. A vote, the claim of the next pair and its images happen in the same
 fragment, so the next pair is on screen as soon as the vote is stored; the fragment also reruns
 every DREAMDPO_POLL_S seconds (default 0.5), so a pair posted while the queue was empty appears
 without a reload. Prompts and questions are drawn with st.text: HTML in them stays text.
+
+Quality-control pairs (gold, swapped duplicates) look exactly like live pairs: no run or step is
+shown, and a pair without a render of its own shows its run's latest one. A deactivated account is
+sent back to the sign-in form at its next poll or click; an unreachable log is a message, retried
+at every poll (annotator.guard).
 """
 from __future__ import annotations
 
@@ -13,10 +18,14 @@ import os
 import random
 import time
 
+import sqlalchemy as sa
 import streamlit as st
 
+from annotator import guard
 from db import queue
-from db.errors import LogError
+from db.engine import is_transient
+from db.errors import AccountInactive, LogError
+from db.models import Image, Pair
 
 POLL_S = float(os.environ.get("DREAMDPO_POLL_S", "0.5"))  # seconds between checks for a new pair
 LEASE_S = float(os.environ.get("DREAMDPO_LEASE_S", "120"))  # how long a shown pair stays yours
@@ -61,8 +70,11 @@ def _vote(engine, user, button: str) -> None:
         else:
             queue.vote(engine, pair["pair_id"], user["id"], choice, shown_left=pair["shown_left"], latency_ms=latency)
             ss["last"] = pair
-    except LogError as e:
-        ss["flash"] = ("warning", f"Your vote was not stored: {e}", time.monotonic() + FLASH_S)
+    except Exception as e:
+        if not isinstance(e, LogError) and not is_transient(e):
+            raise
+        why = guard.UNREACHABLE if is_transient(e) else e
+        ss["flash"] = ("warning", f"Your vote was not stored: {why}", time.monotonic() + FLASH_S)
         ss["last"] = None
     ss["pair"] = None  # the next pair is claimed in this same rerun
 
@@ -72,7 +84,16 @@ def _undo(engine, user) -> None:
     last = ss.get("last")
     if last is None:
         return
-    if queue.undo_vote(engine, last["pair_id"], user["id"]):
+    try:
+        undone = queue.undo_vote(engine, last["pair_id"], user["id"])
+    except Exception as e:
+        if not isinstance(e, LogError) and not is_transient(e):
+            raise
+        why = guard.UNREACHABLE if is_transient(e) else e
+        ss["flash"] = ("warning", f"Nothing was undone: {why}", time.monotonic() + FLASH_S)
+        ss["last"] = None
+        return
+    if undone:
         ss["flash"] = ("info", f"Vote on pair {last['pair_id']} undone: vote again.", time.monotonic() + FLASH_S)
         last["shown_at"] = time.monotonic()
         ss["pair"] = last  # the pair you were on (if any) stays leased to you and comes next
@@ -82,8 +103,27 @@ def _undo(engine, user) -> None:
     ss["last"] = None
 
 
+def context_render(engine, pair: dict) -> bytes | None:
+    """The pair's own render, else its run's latest one (QC pairs carry none: they must not stand out)."""
+    if pair.get("render_image"):
+        return pair["render_image"]
+    with engine.connect().execution_options(readonly=True) as conn:
+        return conn.execute(sa.select(Image.png).join(Pair, Pair.render_image == Image.id)
+                            .where(Pair.run_id == pair["run_id"]).order_by(Pair.id.desc()).limit(1)).scalar()
+
+
 @st.fragment(run_every=POLL_S)
 def pane(engine, user) -> None:
+    try:
+        _pane(engine, user)
+    except AccountInactive:
+        guard.signed_out()
+    except Exception as e:
+        if not guard.show_failure(e):
+            raise
+
+
+def _pane(engine, user) -> None:
     ss = st.session_state
     pair = ss.get("pair")
     if pair is None:
@@ -101,7 +141,7 @@ def pane(engine, user) -> None:
     if pair is None:
         st.info(EMPTY)
     else:
-        st.caption(f"Prompt · run {pair['run_id']}, step {pair['step']}, pair {pair['pair_id']}")
+        st.caption(f"Prompt · pair {int(pair['pair_id'])}")
         st.text(pair["prompt"])
         st.caption("Question")
         st.text(pair["question"] or "Which one matches the prompt better?")
@@ -114,9 +154,11 @@ def pane(engine, user) -> None:
             col.button(f"{label} ({'←' if key == 'Left' else '→' if key == 'Right' else key.upper()})",
                        key=f"vote-{button}", shortcut=key, on_click=_vote, args=(engine, user, button),
                        width="stretch", type="primary" if button in ("left", "right") else "secondary")
-        if pair.get("render_image"):
+        if "context" not in pair:
+            pair["context"] = context_render(engine, pair)
+        if pair["context"]:
             with st.expander("Current render (context)"):
-                st.image(pair["render_image"], width="stretch", output_format="PNG")
+                st.image(pair["context"], width="stretch", output_format="PNG")
         need = pair["votes_needed"]
         if need > 1:
             st.caption(f"{pair['votes_in']} of {need} votes in")

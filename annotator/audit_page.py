@@ -70,9 +70,15 @@ def audit_data(engine, filters: AuditFilters = AuditFilters(), everything: pd.Da
 
 
 def render(engine, user: dict) -> None:
+    """Admins only: the page names every annotator with their statistics."""
     import streamlit as st
 
+    from annotator.plain import md
+
     st.header("Audit")
+    if user.get("role") != "admin":
+        st.error("This page is for admins only.")
+        return
     from db.read import votes_frame
 
     everything = votes_frame(engine)
@@ -113,7 +119,7 @@ def render(engine, user: dict) -> None:
     for j in judges if judge is None else [judge]:
         by_gap = stats.agreement_by_gap(data.votes, j)
         if len(by_gap):
-            st.caption(f"{j}: agreement by score gap")
+            st.caption(f"{md(j)}: agreement by score gap")
             st.bar_chart(by_gap.set_index("gap_bin")["agreement"])
 
     st.subheader("Position bias")
@@ -126,7 +132,7 @@ def render(engine, user: dict) -> None:
     st.dataframe(s.annotators)
     flagged = s.annotators[s.annotators["flagged"]] if not s.annotators.empty else s.annotators
     if len(flagged):
-        st.warning("Flagged: " + "; ".join(f"{n} ({r})" for n, r in flagged["flag_reasons"].items()))
+        st.warning("Flagged: " + "; ".join(f"{md(n)} ({md(r)})" for n, r in flagged["flag_reasons"].items()))
 
     st.subheader("Bradley–Terry ranking of candidates")
     if data.ranking.empty:

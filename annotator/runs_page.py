@@ -6,6 +6,7 @@ import pandas as pd
 import sqlalchemy as sa
 import streamlit as st
 
+from annotator.plain import md
 from db import queue
 from db.models import Pair, utcnow
 
@@ -15,7 +16,7 @@ LIVE = ("pending", "running", "paused")
 def waiting_on_people(engine) -> dict[int, int]:
     """Run id → pending live pairs not past their deadline."""
     now = utcnow()
-    with engine.connect() as conn:
+    with engine.connect().execution_options(readonly=True) as conn:  # a read never takes the write lock
         rows = conn.execute(sa.select(Pair.run_id, sa.func.count()).where(
             Pair.status == "pending", Pair.kind == "live",
             sa.or_(Pair.deadline.is_(None), Pair.deadline > now)).group_by(Pair.run_id)).all()
@@ -46,10 +47,10 @@ def controls(engine, run: dict) -> None:
 
 def show_run(engine, run: dict, waiting: int, admin: bool) -> None:
     metrics = run.get("metrics") or {}
-    st.subheader(f"Run {run['id']} · {run['status']} · step {run['step']}")
-    st.text(run["prompt"])
-    st.caption(f"backbone {run['backbone'] or '?'} · judge {(run.get('judge_policy') or {}).get('judge', '?')} · "
-               f"steps waiting on people: {waiting}")
+    st.subheader(f"Run {int(run['id'])} · {md(run['status'])} · step {int(run['step'])}")
+    st.text(run["prompt"])  # text from the log is plain text, never markdown
+    st.text(f"backbone {run['backbone'] or '?'} · judge {(run.get('judge_policy') or {}).get('judge', '?')} · "
+            f"steps waiting on people: {waiting}")
     cols = st.columns(2)
     for col, key, title in ((cols[0], "preview", "Latest render"), (cols[1], "turntable", "Turntable")):
         png = queue.get_image(engine, metrics[key]) if metrics.get(key) else None

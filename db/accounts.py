@@ -1,4 +1,9 @@
-"""Annotator accounts: a token is shown once; only its sha256 is stored."""
+"""Annotator accounts: a token is shown once; only its sha256 is stored.
+
+Names are unique without regard to case (`alice` and `ALICE` are one person) and looked up the same
+way. Reads never take the write lock (plain BEGIN on SQLite), so `annotators list` works while a
+long write holds the log.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -12,24 +17,47 @@ from db.errors import LogError
 from db.models import Annotator
 
 NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,200}$")
+_PUBLIC = (Annotator.id, Annotator.name, Annotator.role, Annotator.active, Annotator.created_at)
 
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _public(a: Annotator) -> dict:
+def _public(a) -> dict:
     return dict(id=a.id, name=a.name, role=a.role, admin=a.role == "admin", active=a.active, created_at=a.created_at)
+
+
+def _read(engine):
+    return engine.connect().execution_options(readonly=True)
+
+
+def _same_name(name: str):
+    return sa.func.lower(Annotator.name) == name.lower()
+
+
+def _by_name(s: Session, name: str, lock: bool = False) -> Annotator:
+    """The account called `name`, any case (an exact match wins over a case-folded one)."""
+    stmt = sa.select(Annotator).where(_same_name(name)).order_by((Annotator.name != name), Annotator.id)
+    a = s.scalars(stmt.with_for_update() if lock else stmt).first()
+    if a is None:
+        raise LogError(f"no annotator named {name!r}; see `dreamdpo annotators list`")
+    return a
 
 
 def add_annotator(engine, name: str, admin: bool = False) -> str:
     """Create an account; returns its token (shown once, never stored)."""
     if not isinstance(name, str) or not NAME.match(name):
-        raise LogError(f"annotator name {name!r} must be 1-200 letters, digits or _ . @ -")
+        shown = name if not isinstance(name, str) or len(name) <= 40 else name[:40] + "…"
+        raise LogError(f"annotator name {shown!r} must be 1-200 letters, digits or _ . @ -")
     token = secrets.token_urlsafe(32)
     with Session(engine) as s, s.begin():
-        if s.scalar(sa.select(Annotator.id).where(Annotator.name == name)) is not None:
-            raise LogError(f"annotator {name} already exists; pick another name or deactivate the old one")
+        if s.get_bind().dialect.name == "postgresql":  # two adds of alice/ALICE at once: one waits for the other
+            s.execute(sa.text("LOCK TABLE annotators IN SHARE ROW EXCLUSIVE MODE"))
+        taken = s.scalar(sa.select(Annotator.name).where(_same_name(name)))
+        if taken is not None:
+            raise LogError(f"annotator {taken} already exists (names ignore case); pick another name, "
+                           f"or `dreamdpo annotators activate {taken}`")
         s.add(Annotator(name=name, role="admin" if admin else "annotator", token_hash=token_hash(token), active=True))
     return token
 
@@ -38,10 +66,7 @@ def reissue_token(engine, name: str) -> str:
     """A new token for an existing account (shown once); the old one stops working."""
     token = secrets.token_urlsafe(32)
     with Session(engine) as s, s.begin():
-        a = s.scalars(sa.select(Annotator).where(Annotator.name == name)).first()
-        if a is None:
-            raise LogError(f"no annotator named {name!r}; see `dreamdpo annotators list`")
-        a.token_hash = token_hash(token)
+        _by_name(s, name, lock=True).token_hash = token_hash(token)
     return token
 
 
@@ -49,29 +74,38 @@ def authenticate(engine, token: str) -> dict | None:
     """The active account with this token, or None."""
     if not token or not isinstance(token, str):
         return None
-    with Session(engine) as s, s.begin():
-        a = s.scalars(sa.select(Annotator).where(Annotator.token_hash == token_hash(token.strip()),
-                                                 Annotator.active.is_(True))).first()
-        return None if a is None else _public(a)
+    with _read(engine) as conn:
+        a = conn.execute(sa.select(*_PUBLIC).where(Annotator.token_hash == token_hash(token.strip()),
+                                                   Annotator.active.is_(True))).first()
+    return None if a is None else _public(a)
 
 
 def list_annotators(engine) -> list[dict]:
-    with Session(engine) as s, s.begin():
-        return [_public(a) for a in s.scalars(sa.select(Annotator).order_by(Annotator.id))]
+    with _read(engine) as conn:
+        return [_public(a) for a in conn.execute(sa.select(*_PUBLIC).order_by(Annotator.id))]
 
 
 def get_annotator(engine, name: str) -> dict:
+    with _read(engine) as conn:
+        a = conn.execute(sa.select(*_PUBLIC).where(_same_name(name))
+                         .order_by((Annotator.name != name), Annotator.id)).first()
+    if a is None:
+        raise LogError(f"no annotator named {name!r}; see `dreamdpo annotators list`")
+    return _public(a)
+
+
+def set_active(engine, name: str, active: bool) -> str:
+    """Deactivate (no sign-in, claim, vote, undo or skip; the votes stay) or reactivate an account.
+    Returns the account's stored name."""
     with Session(engine) as s, s.begin():
-        a = s.scalars(sa.select(Annotator).where(Annotator.name == name)).first()
-        if a is None:
-            raise LogError(f"no annotator named {name!r}; see `dreamdpo annotators list`")
-        return _public(a)
+        a = _by_name(s, name, lock=True)
+        a.active = bool(active)
+        return a.name
 
 
 def deactivate(engine, name: str) -> None:
-    """The account can no longer sign in, claim or vote; its votes stay in the log."""
-    with Session(engine) as s, s.begin():
-        a = s.scalars(sa.select(Annotator).where(Annotator.name == name).with_for_update()).first()
-        if a is None:
-            raise LogError(f"no annotator named {name!r}; see `dreamdpo annotators list`")
-        a.active = False
+    set_active(engine, name, False)
+
+
+def activate(engine, name: str) -> None:
+    set_active(engine, name, True)

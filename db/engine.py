@@ -3,17 +3,26 @@
 SQLite: WAL, busy_timeout, foreign keys, and every write transaction starts with BEGIN IMMEDIATE so
 that a claim's read-then-write is serialized (the SQLite equivalent of FOR UPDATE SKIP LOCKED).
 Engines are cached per URL and process; a forked child gets fresh connections.
+
+Outages: `retry` calls a log operation again with back-off while the failure is transient (server
+down, file locked); `is_transient` says which failures are. A SQLite file deleted or replaced under
+a running process is caught at every connection checkout (file identity: device and inode) and
+raises LogGone, because writes to an unlinked file are silently lost.
 """
 from __future__ import annotations
 
+import errno
 import os
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from db.errors import LogError
+from db.errors import LogError, LogGone, LogUnreachable
 
+T = TypeVar("T")
 BUSY_TIMEOUT_MS = 15_000
 SQLITE_MAGIC = b"SQLite format 3\x00"
 _ENGINES: dict[str, tuple[int, sa.Engine]] = {}
@@ -42,18 +51,54 @@ def _sqlite_path(url: sa.URL) -> Path | None:
 
 
 def _check_sqlite_file(path: Path) -> None:
-    if path.is_dir():
-        raise LogError(f"{path} is a directory, not a SQLite database; give --db a file path")
-    if path.exists() and path.stat().st_size > 0:
-        with open(path, "rb") as f:
-            head = f.read(16)
-        if head != SQLITE_MAGIC:
-            raise LogError(f"{path} is not a SQLite database; give --db a new file or an existing dreamdpo log")
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.is_dir():
+            raise LogError(f"{path} is a directory, not a SQLite database; give --db a file path")
+        if path.exists() and path.stat().st_size > 0:
+            with open(path, "rb") as f:
+                head = f.read(16)
+            if head != SQLITE_MAGIC:
+                raise LogError(f"{path} is not a SQLite database; give --db a new file or an existing dreamdpo log")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # /dev/null/x, a file where a folder should be, no permission
+        raise LogError(f"cannot use {path} for the log ({e.strerror or e}); give --db a file in a writable folder") from None
 
 
-def _sqlite_setup(engine: sa.Engine) -> None:
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _guard_identity(path: Path, known: dict) -> None:
+    """Raise LogGone when the file this engine opened was deleted or replaced since."""
+    ident = _file_identity(path)
+    if "ident" not in known:
+        if ident is not None:
+            known["ident"] = ident
+        return
+    if ident is None:
+        raise LogGone(f"the log file {path} was deleted while in use; votes cannot be stored. "
+                      "Restore it (or start again on a new log) and restart")
+    if ident != known["ident"]:
+        raise LogGone(f"the log file {path} was replaced by another file while in use; restart to use the new one")
+
+
+def _sqlite_setup(engine: sa.Engine, path: Path | None) -> None:
+    if path is not None:
+        known: dict = {}
+
+        @event.listens_for(engine, "do_connect")
+        def before_connect(_dialect, _record, _cargs, _cparams):
+            _guard_identity(path, known)  # before sqlite3 would create a new empty file
+
+        @event.listens_for(engine, "checkout")
+        def on_checkout(_dbapi_conn, _record, _proxy):
+            _guard_identity(path, known)
+
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
@@ -72,15 +117,25 @@ def _sqlite_setup(engine: sa.Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _parse(url: str) -> sa.URL:
+    try:
+        return sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError) as e:
+        raise LogError(f"{url.split('@')[-1]!r} is not a database URL ({_first_line(e)}); "
+                       "use sqlite:///PATH, a file path, or postgresql://USER@HOST[:PORT]/DB") from None
+
+
 def _create(url: str) -> sa.Engine:
-    u = sa.make_url(url)
+    u = _parse(url)
     if u.get_backend_name() == "sqlite":
         path = _sqlite_path(u)
         if path is not None:
             _check_sqlite_file(path)
         engine = sa.create_engine(u, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-        _sqlite_setup(engine)
+        _sqlite_setup(engine, path)
     elif u.get_backend_name() == "postgresql":
+        if u.port is not None and not 0 < u.port < 65536:
+            raise LogError(f"port {u.port} in the database URL is not a port (1-65535); fix --db")
         engine = sa.create_engine(u, pool_pre_ping=True, connect_args={"connect_timeout": 5})
     else:
         raise LogError(f"unsupported database URL {u.render_as_string(hide_password=True)}; "
@@ -89,7 +144,7 @@ def _create(url: str) -> sa.Engine:
 
 
 def _describe(url: str) -> str:
-    return sa.make_url(url).render_as_string(hide_password=True)
+    return _parse(url).render_as_string(hide_password=True)
 
 
 def _head() -> str:
@@ -114,7 +169,7 @@ def _current_revision(engine: sa.Engine) -> tuple[str | None, bool]:
                 rev = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
             return rev, bool(names)
     except sa.exc.OperationalError as e:
-        raise LogError(f"cannot open the log at {_describe(str(engine.url))}: {_first_line(e)}; "
+        raise LogUnreachable(f"cannot open the log at {_describe(str(engine.url))}: {_first_line(e)}; "
                        "check the URL and that the server is running") from None
     except sa.exc.DatabaseError as e:
         raise LogError(f"{_describe(str(engine.url))} is not a usable dreamdpo log ({_first_line(e)}); "
@@ -143,19 +198,26 @@ def connect(url: str | None = None) -> sa.Engine:
         except sa.exc.DBAPIError:  # another process created the schema at the same moment
             if _current_revision(engine)[0] != head:
                 raise
-    elif rev is None:
+    else:
+        _check_ours(url, rev, has_tables)
+        if rev != head:
+            raise LogError(f"the log at {_describe(url)} is at revision {rev}, this dreamdpo needs {head}; "
+                           "run `dreamdpo db upgrade`")
+    _ENGINES[url] = (os.getpid(), engine)
+    return engine
+
+
+def _check_ours(url: str, rev: str | None, has_tables: bool) -> None:
+    """A database with tables must be a dreamdpo log at a revision this version knows."""
+    if rev is None and has_tables:
         raise LogError(f"{_describe(url)} holds tables but is not a dreamdpo log; give --db another database")
-    elif rev != head:
+    if rev is not None:
         from alembic.script import ScriptDirectory
 
         known = {s.revision for s in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
         if rev not in known:
             raise LogError(f"the log at {_describe(url)} is at revision {rev}, newer than this dreamdpo; "
                            "upgrade dreamdpo")
-        raise LogError(f"the log at {_describe(url)} is at revision {rev}, this dreamdpo needs {head}; "
-                       "run `dreamdpo db upgrade`")
-    _ENGINES[url] = (os.getpid(), engine)
-    return engine
 
 
 def _upgrade(engine: sa.Engine) -> None:
@@ -172,11 +234,93 @@ def upgrade(url: str | None = None) -> str:
     url = resolve_url(url)
     engine = _create(url)
     try:
-        _current_revision(engine)  # one-line errors for bad files and unreachable servers
+        rev, has_tables = _current_revision(engine)  # one-line errors for bad files and unreachable servers
+        _check_ours(url, rev, has_tables)  # never write into a foreign or a newer database
         _upgrade(engine)
         return _current_revision(engine)[0]
     finally:
         engine.dispose()
+
+
+# ----------------------------------------------------------------------------- outages
+def is_transient(exc: BaseException) -> bool:
+    """True when trying again later may succeed: server down or restarting, connection dropped, file busy."""
+    if isinstance(exc, LogGone):
+        return False
+    if isinstance(exc, LogUnreachable):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError):
+            return True
+        if isinstance(exc, sa.exc.OperationalError):
+            text = _first_line(exc).lower()
+            if "locked" in text or "busy" in text:
+                return True
+            return "sqlite" not in type(getattr(exc, "orig", exc)).__module__  # PostgreSQL: connection-level
+        return False
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def retry(fn: Callable[[], T], *, timeout_s: float = 300.0, first_delay_s: float = 0.5, max_delay_s: float = 10.0,
+          on_retry: Callable[[BaseException, float], None] | None = None,
+          sleep: Callable[[float], None] = time.sleep) -> T:
+    """fn(), called again with exponential back-off while it fails transiently, for up to timeout_s.
+
+    Anything not transient (LogGone, a refused vote) is raised at once; after timeout_s the last
+    transient failure becomes a LogUnreachable. on_retry(error, delay) is told of every wait."""
+    end = time.monotonic() + timeout_s
+    delay = first_delay_s
+    while True:
+        try:
+            return fn()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            left = end - time.monotonic()
+            if left <= 0:
+                raise LogUnreachable(f"the log has been unreachable for {timeout_s:.0f} s ({_first_line(e)}); "
+                                     "check the database server or file, then resume") from None
+            wait = min(delay, max_delay_s, left)
+            if on_retry is not None:
+                on_retry(e, wait)
+            sleep(wait)
+            delay *= 2
+
+
+def ping(engine: sa.Engine) -> None:
+    """A cheap read: raises LogGone, or LogUnreachable with one line, when the log cannot be used now."""
+    try:
+        with engine.connect().execution_options(readonly=True) as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.DBAPIError as e:
+        raise LogUnreachable(f"the log is unreachable ({_first_line(e)}); retrying") from None
+
+
+def explain(exc: BaseException) -> LogError | None:
+    """A one-line LogError for a database or file-system failure met anywhere (the CLI prints it), else None."""
+    if isinstance(exc, LogError):
+        return exc
+    if isinstance(exc, sa.exc.StatementError):
+        text = _first_line(exc)
+        low = text.lower()
+        if "nul" in low and "0x00" in low:
+            return LogError("a text contains a NUL character, which the log cannot store; remove it")
+        if not isinstance(exc, sa.exc.DBAPIError):
+            return LogError(f"the log refused a value ({text}); nothing was changed")
+        if "full" in low:
+            return LogError(f"the disk holding the log is full ({text}); free some space and retry")
+        if "locked" in low or "busy" in low:
+            return LogUnreachable(f"the log is locked by another process ({text}); retry when it is done")
+        if is_transient(exc):
+            return LogUnreachable(f"the log is unreachable ({text}); check the database server, then retry")
+        return LogError(f"the log refused the operation ({text}); nothing was changed")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return LogError(f"no space left on the device{where}; free some space and retry")
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = f" {exc.filename}" if exc.filename else ""
+        return LogError(f"not allowed to write{where} ({exc.strerror}); choose a writable location")
+    return None
 
 
 def _dispose_after_fork() -> None:

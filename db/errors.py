@@ -3,3 +3,15 @@
 
 class LogError(Exception):
     pass
+
+
+class LogUnreachable(LogError):
+    """The log cannot be reached right now (server down, file locked): retrying may help."""
+
+
+class LogGone(LogError):
+    """The SQLite file was deleted or replaced under a running process: writes would be lost, so stop."""
+
+
+class AccountInactive(LogError):
+    """The account was deactivated: it may not claim, vote, undo or skip."""

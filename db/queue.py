@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from db.errors import LogError
+from db.errors import AccountInactive, LogError
 from db.models import (CHOICES, PAIR_KINDS, RUN_STATUSES, Annotator, Claim, Decision, Image, Pair, Run, UTCDateTime,
                        Vote, utcnow)
 
@@ -199,7 +199,7 @@ def _annotator(s: Session, annotator_id: int) -> Annotator:
     if who is None:
         raise LogError(f"annotator {annotator_id} does not exist; an admin adds people with `dreamdpo annotators add`")
     if not who.active:
-        raise LogError(f"annotator {who.name} is deactivated; ask an admin")
+        raise AccountInactive(f"annotator {who.name} is deactivated; ask an admin")
     return who
 
 
@@ -328,6 +328,7 @@ def release(engine, pair_id: int, annotator_id: int) -> None:
     """Skip without voting: the lease is dropped and a 'skip' vote keeps the pair from coming back."""
     now = utcnow()
     with Session(engine) as s, s.begin():
+        _annotator(s, annotator_id)  # a deactivated account changes nothing
         pair = _lock_pair(s, pair_id)
         claim = _valid_claim(s, pair_id, annotator_id, now)
         if claim is not None and pair.status == "pending" and _standing_vote(s, pair_id, annotator_id) is None:
@@ -380,6 +381,7 @@ def undo_vote(engine, pair_id: int, annotator_id: int) -> bool:
     """Retract the person's vote while the pair is undecided and their lease valid; they keep the lease."""
     now = utcnow()
     with Session(engine) as s, s.begin():
+        _annotator(s, annotator_id)  # a deactivated account cannot retract its votes
         pair = _lock_pair(s, pair_id)
         existing = _standing_vote(s, pair_id, annotator_id)
         if existing is None or pair.status != "pending" or _valid_claim(s, pair_id, annotator_id, now) is None:

@@ -3,18 +3,34 @@
 Each command family lives in dreamdpo/commands/<name>.py and exposes `add_commands(subparsers)`;
 a command's handler takes the parsed args and returns an exit code. Imports are lazy so that
 `dreamdpo annotators list` does not pay for torch.
+
+Every refusal is one line on stderr and exit code 2 (bad arguments included). SIGTERM is turned
+into the same interrupt as Ctrl-C, so that a command's `finally` stops its children (the app's
+Streamlit server, the demo's run) before dreamdpo exits, as systemd, Docker and Kubernetes expect.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 COMMAND_MODULES = ["run", "log", "annotate", "audit", "toyworld"]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, like Ctrl-C's KeyboardInterrupt."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (not the usage block) and exits 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dreamdpo", description="Preference-aligned text-to-3D (DreamDPO), with people in the loop and a log "
                                      "of every comparison.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -29,20 +45,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _on_sigterm(signum, _frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    from db.errors import LogError
+    from db.engine import explain
     from dreamdpo.errors import UserError
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         return int(args.handler(args) or 0)
-    except (UserError, LogError) as e:
-        print(f"dreamdpo {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return _refuse(args, e)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a log or disk failure met anywhere: one line, never a traceback
+        known = explain(e)
+        if known is None:
+            raise
+        return _refuse(args, known)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _refuse(args, error: Exception) -> int:
+    text = " ".join(str(error).split())  # one line, however the message was built
+    if len(text) > 500:
+        text = text[:497] + "…"
+    print(f"dreamdpo {args.command}: error: {text}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

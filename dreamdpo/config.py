@@ -177,7 +177,11 @@ def parse_overrides(items: list[str]) -> dict:
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:  # a tag (!!python/...), an unclosed bracket
+            raise UserError(f"override '{key.strip()[:80]}' has a value that is not plain YAML "
+                            f"({str(e).splitlines()[0]}); write numbers, words, true/false or [a, b]") from None
     return tree
 
 
@@ -191,6 +195,12 @@ def load_config(
             loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
         except FileNotFoundError:
             raise UserError(f"config file {yaml_path} does not exist") from None
+        except IsADirectoryError:
+            raise UserError(f"--config {yaml_path} is a directory; give a YAML file") from None
+        except UnicodeDecodeError:
+            raise UserError(f"--config {yaml_path} is not a text file; give a YAML file") from None
+        except OSError as e:
+            raise UserError(f"cannot read --config {yaml_path} ({e.strerror}); give a readable YAML file") from None
         except yaml.YAMLError as e:
             raise UserError(f"config file {yaml_path} is not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(loaded, dict):
@@ -220,3 +230,6 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"batch_size must be ≥ 1, got {cfg.batch_size}")
     if cfg.checkpoint_every < 1:
         raise UserError(f"checkpoint_every must be ≥ 1, got {cfg.checkpoint_every}")
+    from dreamdpo.config_checks import check_values
+
+    check_values(cfg)  # ranges, NaN, zero sizes, texts the log cannot store

@@ -191,7 +191,7 @@ def test_runs_page_controls_are_for_admins_only(log):
     queue.set_run_status(engine, run_id, None, step=3, metrics={"history": [
         {"step": 0, "loss": 1.0, "gap": 0.5}, {"step": 1, "loss": 0.8, "gap": 1.0}]})
     at = page("runs_page", url, users["ann"]).run()
-    assert any("steps waiting on people: 1" in c.value for c in at.caption)
+    assert any("steps waiting on people: 1" in t for t in texts(at))
     assert not [b for b in at.button if b.label in ("Pause", "Resume", "Cancel run")]
     at = page("runs_page", url, users["root"]).run()
     at.button(key=f"pause-{run_id}").click().run()

@@ -104,7 +104,7 @@ def test_export_page_refuses_non_admins_and_offers_downloads_to_admins(log):
 @pytest.mark.slow
 def test_audit_page_shows_the_planted_facts(log):
     url, _ = log
-    at = AppTest.from_function(_render, args=("audit_page", url, ANNOTATOR), default_timeout=60).run()
+    at = AppTest.from_function(_render, args=("audit_page", url, ADMIN), default_timeout=60).run()
     assert not at.exception
     assert any("Fleiss" in m.label for m in at.metric)
     assert at.warning and "lefty" in at.warning[0].value and "spammer" in at.warning[0].value

@@ -1,12 +1,16 @@
 """`dreamdpo annotate` (the annotator app on a log) and `dreamdpo demo` (the whole loop, offline).
 
 The app is `streamlit run annotator/app.py` in a child process; the log's URL travels in
-$DREAMDPO_DB, so the app and the optimizer read and write the same log.
+$DREAMDPO_DB, so the app and the optimizer read and write the same log. The child runs in its own
+process group, which `stop_app` ends as a whole; on Linux it also gets SIGTERM if dreamdpo dies
+without cleaning up (kill -9), so no server is left holding the port.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +28,7 @@ DEMO_PROMPT = "a red cube"
 def add_commands(sub) -> None:
     p = sub.add_parser("annotate", help="start the annotator app (Streamlit) on the preference log")
     p.add_argument("--db", help="log URL or SQLite file (default $DREAMDPO_DB, else dreamdpo-data/log.sqlite)")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=port_number, default=8501)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve a team)")
     p.set_defaults(handler=annotate_command)
 
@@ -36,19 +40,56 @@ def add_commands(sub) -> None:
     d.add_argument("--timeout", type=float, default=120.0,
                    help="seconds a pair waits for people before the toy reward decides it")
     d.add_argument("--db", help="log URL or SQLite file (default: the demo's data directory)")
-    d.add_argument("--port", type=int, default=8501)
+    d.add_argument("--port", type=port_number, default=8501)
     d.add_argument("--out", help="output directory (default <data dir>/demo-run)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(handler=demo_command)
 
 
 # ----------------------------------------------------------------------------- the app process
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1-65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (1-65535)")
+    return port
+
+
 def check_port_free(host: str, port: int) -> None:
-    with socket.socket() as s:
+    """Bind as the server will (SO_REUSEADDR: a socket left in TIME-WAIT by the last run does not
+    count), and say which of host or port is wrong."""
+    try:
+        family, kind, proto, _name, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                              flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError):
+        raise UserError(f"--host {host[:80]!r} is not a known host name or address; pass an address of this "
+                        "machine, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host, port))
-        except OSError:
-            raise UserError(f"port {port} is in use; pass --port with a free one") from None
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} on {host} is in use by another program; pass --port with a free one") from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise UserError(f"--host {host} is not an address of this machine; pass one of its addresses, "
+                                "127.0.0.1 or 0.0.0.0") from None
+            if e.errno == errno.EACCES:
+                raise UserError(f"port {port} needs special privileges here; pass --port 1024 or above") from None
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --host or --port") from None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the dreamdpo process that started it dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # not Linux: stop_app and the signal handler still stop it
+        pass
 
 
 def start_app(db_url: str, port: int, host: str = "127.0.0.1", env: dict | None = None,
@@ -58,9 +99,11 @@ def start_app(db_url: str, port: int, host: str = "127.0.0.1", env: dict | None 
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), child_env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
            "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal"]
+           "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
+           "--client.showErrorDetails", "none"]  # an unforeseen error is a message, never a traceback
     out = subprocess.DEVNULL if quiet else None
-    return subprocess.Popen(cmd, env=child_env, stdout=out, stderr=out, start_new_session=True)
+    return subprocess.Popen(cmd, env=child_env, stdout=out, stderr=out, start_new_session=True,
+                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
 
 
 def wait_ready(proc: subprocess.Popen, port: int, host: str = "127.0.0.1", timeout: float = 60.0) -> None:
@@ -79,12 +122,20 @@ def wait_ready(proc: subprocess.Popen, port: int, host: str = "127.0.0.1", timeo
 
 
 def stop_app(proc: subprocess.Popen) -> None:
+    """SIGTERM to the app's whole process group (signalled only while its leader is unreaped, so the
+    group id cannot belong to anyone else), SIGKILL after 10 s; returns once it has exited."""
+    def signal_group(sig):
+        try:
+            os.killpg(proc.pid, sig)  # start_new_session: the group's id is the child's pid
+        except (ProcessLookupError, PermissionError):
+            pass
+
     if proc.poll() is None:
-        proc.terminate()
+        signal_group(signal.SIGTERM)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            signal_group(signal.SIGKILL)
             proc.wait()
 
 

@@ -1,4 +1,4 @@
-"""`dreamdpo db upgrade` and `dreamdpo annotators add NAME [--admin] | list | deactivate NAME`."""
+"""`dreamdpo db upgrade` and `dreamdpo annotators add NAME [--admin] | list | deactivate NAME | activate NAME`."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,10 @@ def add_commands(subparsers) -> None:
     de.add_argument("name")
     _db_option(de)
     de.set_defaults(handler=run_deactivate)
+    ac = ann_sub.add_parser("activate", help="unblock a deactivated account (its old token works again)")
+    ac.add_argument("name")
+    _db_option(ac)
+    ac.set_defaults(handler=run_activate)
 
 
 def run_upgrade(args: argparse.Namespace) -> int:
@@ -64,9 +68,16 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_deactivate(args: argparse.Namespace) -> int:
-    from db.accounts import deactivate
+    from db.accounts import set_active
     from db.engine import connect
 
-    deactivate(connect(args.db), args.name)
-    print(f"deactivated {args.name}")
+    print(f"deactivated {set_active(connect(args.db), args.name, False)}")
+    return 0
+
+
+def run_activate(args: argparse.Namespace) -> int:
+    from db.accounts import set_active
+    from db.engine import connect
+
+    print(f"activated {set_active(connect(args.db), args.name, True)}")
     return 0
