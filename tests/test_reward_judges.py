@@ -4,6 +4,8 @@ The checkpoints are written with the original key names and layouts (open_clip f
 ImageReward); the scores of the ported models are compared with a plain-torch forward written from
 the original architectures, so a wrong rename, transpose, norm epsilon or pooling rule fails here.
 When open_clip itself is importable, the HPSv2 port is also compared with open_clip's own model.
+The preprocessing is compared, on non-square images smaller and larger than the models' input, with
+plain restatements of the originals' (hpsv2's ResizeMaxSize + pad; BLIP's PIL Resize + CenterCrop).
 """
 import json
 import math
@@ -15,7 +17,8 @@ import torch.nn.functional as F
 from dreamdpo.errors import UserError
 from dreamdpo.judges.base import Judgement
 from dreamdpo.judges.reward import (
-    CLIP_MEAN, CLIP_STD, HPSv2Scorer, ImageRewardScorer, RewardJudge, clip_preprocess, load_judge,
+    CLIP_MEAN, CLIP_STD, HPSv2Scorer, ImageRewardScorer, RewardJudge, hps_preprocess, imagereward_preprocess,
+    load_judge,
 )
 from tiny_models import write_clip_tokenizer
 
@@ -107,6 +110,8 @@ def blip_state(seed: int = 0) -> dict:
         })
     t = "blip.text_encoder."
     sd.update({
+        # the package's BERT keeps position_ids as a persistent buffer: its ImageReward.pt holds it
+        t + "embeddings.position_ids": torch.arange(c["max_pos"]).expand((1, -1)),
         t + "embeddings.word_embeddings.weight": r(len(BERT_WORDS) + 2, h, scale=0.5),
         t + "embeddings.position_embeddings.weight": r(c["max_pos"], h, scale=0.1),
         t + "embeddings.LayerNorm.weight": 1 + r(h, scale=0.1), t + "embeddings.LayerNorm.bias": r(h, scale=0.1),
@@ -239,16 +244,111 @@ def blip_reference_score(sd, pixels, ids, mask):
 # ---------------------------------------------------------------- tests
 
 
-def test_clip_preprocess_matches_resize_crop_normalise():
+MEAN, STD = torch.tensor(CLIP_MEAN).reshape(1, 3, 1, 1), torch.tensor(CLIP_STD).reshape(1, 3, 1, 1)
+
+
+def hpsv2_reference_preprocess(images, max_size):
+    """hpsv2's preprocess_val, restated in plain torch: ResizeMaxSize (torchvision F.resize of a tensor:
+    bicubic, antialias=True, no clamp) + F.pad([left, top, right, bottom], fill=0) + ToTensor'd Normalize."""
+    out = []
+    for img in images:                       # one [3,H,W] image at a time, as the original
+        height, width = img.shape[-2:]
+        scale = max_size / float(max(height, width))
+        if scale != 1.0:
+            new_size = tuple(round(dim * scale) for dim in (height, width))
+            img = F.interpolate(img[None], size=new_size, mode="bicubic", align_corners=False, antialias=True)[0]
+            pad_h, pad_w = max_size - new_size[0], max_size - new_size[1]
+            left, top, right, bottom = pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2
+            canvas = torch.zeros(3, max_size, max_size)
+            canvas[:, top: max_size - bottom, left: max_size - right] = img
+            img = canvas
+        out.append((img - MEAN[0]) / STD[0])
+    return torch.stack(out)
+
+
+def blip_reference_preprocess(images, size):
+    """BLIP's transform on PIL images (Resize(size, BICUBIC), CenterCrop(size), ToTensor, Normalize), restated
+    with PIL and torchvision's size arithmetic, on the uint8 PNG pixels of each view."""
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for view in images:
+        arr = (view.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+        img = Image.fromarray(arr)
+        w, h = img.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = size, int(size * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), Image.BICUBIC)
+        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+        img = img.crop((left, top, left + size, top + size))
+        out.append((torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0 - MEAN[0]) / STD[0])
+    return torch.stack(out)
+
+
+SIZES = [(40, 56), (56, 40), (20, 30), (30, 20), (28, 28), (28, 20), (13, 64), (100, 100)]
+
+
+@pytest.mark.parametrize("hw", [s for s in SIZES if s != (28, 20)])
+def test_hps_preprocess_equals_resize_max_size_and_pad(hw):
     torch.manual_seed(0)
-    x = torch.rand(2, 3, 40, 60)  # non-square: short side → 28, then centre crop
-    out = clip_preprocess(x, 28)
-    resized = F.interpolate(x, (28, 42), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-    crop = resized[..., :, 7:35]
-    mean, std = torch.tensor(CLIP_MEAN).reshape(1, 3, 1, 1), torch.tensor(CLIP_STD).reshape(1, 3, 1, 1)
-    assert out.shape == (2, 3, 28, 28) and torch.allclose(out, (crop - mean) / std, atol=1e-6)
-    grey = clip_preprocess(torch.full((1, 3, 8, 8), 0.5), 28)  # upsampled blurry image stays flat
-    assert torch.allclose(grey, ((0.5 - mean) / std).expand(1, 3, 28, 28), atol=1e-5)
+    x = torch.rand(2, 3, *hw) * 1.2 - 0.1  # one-step estimates leave [0, 1]: the original clamps nothing
+    got, ref = hps_preprocess(x, 28), hpsv2_reference_preprocess(x, 28)
+    assert got.shape == (2, 3, 28, 28) and torch.allclose(got, ref, atol=1e-6, rtol=0)
+
+
+def test_hps_preprocess_pads_where_the_original_would_pass_a_non_square_image():
+    x = torch.rand(1, 3, 28, 20)  # longest side already 28: ResizeMaxSize returns it as is (28×20)
+    assert hpsv2_reference_preprocess(x, 28).shape[-2:] == (28, 20)
+    got = hps_preprocess(x, 28)
+    assert got.shape[-2:] == (28, 28) and torch.allclose(got[..., 4:24], (x - MEAN) / STD, atol=1e-6)
+
+
+@pytest.mark.parametrize("hw", SIZES)
+def test_imagereward_preprocess_equals_blip_pil_transform(hw):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, *hw)
+    got, ref = imagereward_preprocess(x, 32), blip_reference_preprocess(x, 32)
+    assert got.shape == (2, 3, 32, 32) and torch.equal(got, ref)
+
+
+def test_preprocess_keeps_a_flat_image_flat_and_pads_with_zero():
+    grey = torch.full((1, 3, 8, 12), 0.5)  # upsampled blurry image stays flat
+    hps = hps_preprocess(grey, 24)          # 8×12 → 16×24, 4 rows of zero padding above and below
+    assert torch.allclose(hps[..., 4:20, :], ((0.5 - MEAN) / STD).expand(1, 3, 16, 24), atol=1e-5)
+    assert torch.allclose(hps[..., :4, :], ((0 - MEAN) / STD).expand(1, 3, 4, 24), atol=1e-6)
+    ir = imagereward_preprocess(grey, 24)
+    assert torch.allclose(ir, ((128 / 255 - MEAN) / STD).expand(1, 3, 24, 24), atol=1e-6)
+
+
+@pytest.mark.parametrize("hw", [(40, 56), (70, 30), (28, 28)])
+def test_hps_score_equals_the_original_on_non_square_images(hps, hps_dir, hw):
+    torch.manual_seed(4)
+    images = torch.rand(3, 3, *hw)
+    prompt = "a red cube on the table"
+    sd = torch.load(hps_dir / "HPS_v2_compressed.pt")["state_dict"]
+    ids = hps.tokenizer(prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ref = open_clip_reference_score(sd, hpsv2_reference_preprocess(images, 28), ids)
+    assert torch.allclose(hps.score(images, prompt), ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("hw", [(48, 64), (64, 40), (32, 32)])
+def test_imagereward_score_equals_the_original_on_non_square_images(imagereward, ir_dir, hw):
+    torch.manual_seed(6)
+    images = torch.rand(2, 3, *hw)
+    prompt = "a photo of a red cube"
+    tok = imagereward.tokenizer(prompt, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
+    ref = blip_reference_score(torch.load(ir_dir / "ImageReward.pt"), blip_reference_preprocess(images, 32),
+                               tok.input_ids, tok.attention_mask)
+    assert torch.allclose(imagereward.score(images, prompt), ref, atol=1e-5, rtol=0)
+
+
+def test_imagereward_loads_the_packages_state_dict(ir_dir, imagereward):
+    """ImageReward.pt as the image-reward package saves it: with blip.text_encoder.embeddings.position_ids."""
+    assert "blip.text_encoder.embeddings.position_ids" in torch.load(ir_dir / "ImageReward.pt")
+    assert isinstance(imagereward, ImageRewardScorer)
 
 
 def test_hps_port_matches_open_clip_maths(hps, hps_dir):
@@ -257,7 +357,7 @@ def test_hps_port_matches_open_clip_maths(hps, hps_dir):
     prompt = "a red cube on the table"
     sd = torch.load(hps_dir / "HPS_v2_compressed.pt")["state_dict"]
     ids = hps.tokenizer(prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    ref = open_clip_reference_score(sd, clip_preprocess(images, 28), ids)
+    ref = open_clip_reference_score(sd, hps_preprocess(images, 28), ids)
     got = hps.score(images, prompt)
     assert got.shape == (3,) and torch.allclose(got, ref, atol=1e-5)
     assert got.abs().max() <= 1.0  # a raw cosine, not scaled by the logit scale (100 here)
@@ -276,7 +376,7 @@ def test_hps_port_matches_open_clip_itself(hps_dir, hps):
     images = torch.rand(2, 3, 64, 64)
     ids = hps.tokenizer("a red cube", padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
-        out = model(clip_preprocess(images, 28), ids)
+        out = model(hps_preprocess(images, 28), ids)
     ref = (out["image_features"] @ out["text_features"].T).squeeze(-1) if isinstance(out, dict) else \
         (out[0] @ out[1].T).squeeze(-1)
     assert torch.allclose(hps.score(images, "a red cube"), ref, atol=1e-5)
@@ -288,7 +388,7 @@ def test_imagereward_port_matches_blip_maths(imagereward, ir_dir):
     prompt = "a photo of a red cube"
     tok = imagereward.tokenizer(prompt, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
     assert tok.input_ids.shape == (1, 35) and tok.input_ids[0, 0] == BERT_WORDS.index("[CLS]")
-    ref = blip_reference_score(torch.load(ir_dir / "ImageReward.pt"), clip_preprocess(images, 32),
+    ref = blip_reference_score(torch.load(ir_dir / "ImageReward.pt"), imagereward_preprocess(images, 32),
                                tok.input_ids, tok.attention_mask)
     got = imagereward.score(images, prompt)
     assert got.shape == (3,) and torch.allclose(got, ref, atol=1e-4)

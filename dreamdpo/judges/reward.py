@@ -15,8 +15,10 @@ are plain architectures, so their published state dicts are loaded here into the
   feature) − 0.16717) / 1.03334, the package's z-normalised reward. Tokenizer: bert-base-uncased
   plus BLIP's [DEC]/[ENC] tokens, prompts padded/cut to 35 tokens, as in the package.
 
-Both take [V,3,H,W] images in [0,1] (blurry one-step estimates are fine) and preprocess them like the
-originals: bicubic resize of the short side to 224, centre crop, CLIP mean/std normalisation.
+Both take [V,3,H,W] images in [0,1] (blurry one-step estimates are fine) and preprocess them exactly as
+the originals' scoring paths do, for every size and aspect ratio (`hps_preprocess`,
+`imagereward_preprocess`): HPSv2 resizes the longest side and pads, ImageReward resizes the short side
+with PIL and centre-crops.
 Nothing here downloads: weights come from a path or the local caches; otherwise a one-line UserError.
 """
 from __future__ import annotations
@@ -59,21 +61,59 @@ class RewardJudge(Judge):
         return judgement_from_scores(self.name, scores[:v], scores[v:])
 
 
-def clip_preprocess(images: Tensor, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> Tensor:
-    """torchvision's Resize(size, BICUBIC) + CenterCrop(size) + Normalize, on [B,3,H,W] tensors in [0,1].
-    Clamped after resizing, as the PIL path of the originals (uint8) is."""
-    x = images.float().clamp(0, 1)
-    h, w = x.shape[-2:]
-    if min(h, w) != size:
-        scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        x = F.interpolate(x, (nh, nw), mode="bicubic", align_corners=False, antialias=nh < h).clamp(0, 1)
-    h, w = x.shape[-2:]
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    x = x[..., top: top + size, left: left + size]
-    m = torch.tensor(mean, device=x.device).reshape(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).reshape(1, 3, 1, 1)
+def _normalise(x: Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> Tensor:
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).reshape(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).reshape(1, 3, 1, 1)
     return (x - m) / s
+
+
+def hps_preprocess(images: Tensor, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> Tensor:
+    """hpsv2's `score()` preprocessing (`preprocess_val` of its open_clip: `ResizeMaxSize(size)`, ToTensor,
+    Normalize) applied to a float image tensor, as torchvision applies it to tensors: scale = size / max(H, W);
+    bicubic resize to (round(H·scale), round(W·scale)) with antialiasing on (torchvision's tensor default, PIL's
+    bicubic filter, also when upscaling), on the float values as given (no clamp before or after); zero padding
+    of pad_w//2 left, pad_h//2 top and the rest right/bottom to size×size; then CLIP mean/std (the padding
+    becomes −mean/std, as in the original, which pads before normalising). Where the original does nothing
+    (longest side already `size`), nothing is done, except that a non-square image is still padded square
+    (the original would hand the model a non-square image, which the ViT cannot take)."""
+    x = images.float()
+    h, w = x.shape[-2:]
+    scale = size / float(max(h, w))
+    if scale != 1.0:
+        nh, nw = round(h * scale), round(w * scale)
+        x = F.interpolate(x, (nh, nw), mode="bicubic", align_corners=False, antialias=True)
+    h, w = x.shape[-2:]
+    pad_h, pad_w = size - h, size - w
+    if pad_h or pad_w:
+        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
+    return _normalise(x, mean, std)
+
+
+def imagereward_preprocess(images: Tensor, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> Tensor:
+    """image-reward's `ImageReward.score` preprocessing, exactly, on the PNG the log stores for each view:
+    each [0,1] view is rounded to uint8 as `dreamdpo.images.to_uint8` does (the original takes PIL images
+    only), then BLIP's transform runs through PIL itself: torchvision's Resize(size, BICUBIC) on a PIL image =
+    `Image.resize` of the short side to `size` and the long side to int(size·long/short), PIL's antialiased
+    bicubic with uint8 rounding; CenterCrop(size) with offsets int(round((H − size)/2)); ToTensor (/255);
+    Normalize with the CLIP mean/std BLIP uses."""
+    import numpy as np
+    from PIL import Image
+
+    from dreamdpo.images import to_uint8
+
+    views = []
+    for arr in to_uint8(images):
+        img = Image.fromarray(arr)
+        w, h = img.size
+        short, long = min(w, h), max(w, h)
+        if short != size:
+            new_long = int(size * long / short)
+            img = img.resize((size, new_long) if w <= h else (new_long, size), Image.BICUBIC)
+        w, h = img.size
+        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+        views.append(np.asarray(img.crop((left, top, left + size, top + size))))
+    x = torch.from_numpy(np.stack(views)).permute(0, 3, 1, 2).to(images.device).float() / 255.0
+    return _normalise(x, mean, std)
 
 
 def _default_dtype(device: torch.device) -> torch.dtype:
@@ -228,7 +268,7 @@ class HPSv2Scorer:
 
     @torch.no_grad()
     def score(self, images: Tensor, prompt: str) -> Tensor:
-        x = clip_preprocess(images.to(self.device), self.image_size).to(self.dtype)
+        x = hps_preprocess(images.to(self.device), self.image_size).to(self.dtype)
         pooled = self.model.vision_model(pixel_values=x).pooler_output
         img = F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
         return (img @ self._text_features(prompt).T).squeeze(-1)
@@ -360,7 +400,9 @@ class ImageRewardScorer:
         for module, sd, what in ((vision, vision_sd, "image encoder"), (text, text_sd, "text encoder"),
                                  (head, head_sd, "reward head")):
             missing, unexpected = module.load_state_dict(sd, strict=False)
+            # position_ids: a persistent buffer in the package's BERT (saved in ImageReward.pt), not in transformers'
             missing = [k for k in missing if not k.endswith("position_ids")]
+            unexpected = [k for k in unexpected if not k.endswith("position_ids")]
             if missing or unexpected:
                 raise UserError(f"{ckpt}: the {what} does not fit (missing {missing[:2]}, unexpected {unexpected[:2]})")
         tok_source = tokenizer or _bert_tokenizer_dir(ckpt.parent) or "bert-base-uncased"
@@ -377,7 +419,7 @@ class ImageRewardScorer:
 
     @torch.no_grad()
     def score(self, images: Tensor, prompt: str) -> Tensor:
-        x = clip_preprocess(images.to(self.device), self.image_size).to(self.dtype)
+        x = imagereward_preprocess(images.to(self.device), self.image_size).to(self.dtype)
         image_embeds = self.vision(pixel_values=x).last_hidden_state
         tok = self.tokenizer(prompt, padding="max_length", truncation=True, max_length=self.max_text_length,
                              return_tensors="pt").to(self.device)
