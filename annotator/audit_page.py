@@ -33,8 +33,11 @@ class AuditData:
 
 def load_votes(engine, filters: AuditFilters, everything: pd.DataFrame | None = None) -> pd.DataFrame:
     """The filtered votes; `everything` (the whole votes frame, if already read) saves a second read."""
+    from db.export import _parse_since
     from db.read import votes_frame
 
+    for when in (filters.since, filters.until):  # a date that is not one: the export's one-line error
+        _parse_since(None if when is None else str(when))
     frame = votes_frame(engine, run_id=filters.run_id) if everything is None else everything
     return stats.filter_votes(frame, run_id=filters.run_id, judge=filters.judge, annotator=filters.annotator,
                               since=filters.since, until=filters.until)

@@ -62,6 +62,10 @@ def _check_sqlite_file(path: Path) -> None:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # /dev/null/x, a file where a folder should be, no permission
+        blocker = next((p for p in path.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise LogError(f"cannot put the log at {path}: {blocker} is a file, not a folder; "
+                           "give --db a path inside a folder") from None
         raise LogError(f"cannot use {path} for the log ({e.strerror or e}); give --db a file in a writable folder") from None
 
 
