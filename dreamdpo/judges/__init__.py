@@ -105,7 +105,8 @@ def load(spec: str, device=None, weights: str | None = None, *, lmm=None, max_ca
         from dreamdpo.judges.ensemble import EnsembleJudge
 
         judge = EnsembleJudge(built, name=spec)
-    if max_calls is not None or (fallback and fallback != "none"):
+    has_lmm = any(m.kind.startswith("lmm") for m in members)
+    if max_calls is not None or (has_lmm and fallback and fallback != "none"):
         from dreamdpo.judges.ensemble import BudgetJudge
 
         backup = load(fallback, device, weights, lmm=lmm) if fallback and fallback != "none" else None
