@@ -10,10 +10,12 @@ Conventions:
 - choices are about candidates: a | b | tie | both_bad | skip; `skip` is never an opinion;
 - a swapped duplicate shows the images of `duplicate_of` in the other order, so its a/b choices
   are mapped back (a<->b) onto the original pair: "canonical" votes are about the original;
-- "picked left" is derived from (choice, shown_left); a model judge with no shown_left saw a first.
+- "picked left" is derived from (choice, shown_left); a model judge with no shown_left saw a first,
+  except a judge's second-order vote '<judge>[ba]' (judges asked in both orders), which saw b first.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -58,6 +60,8 @@ def picked_left(frame: pd.DataFrame) -> pd.Series:
     shown = frame["shown_left"].copy()
     judge_default = frame["judge"].notna() & shown.isna()
     shown = shown.where(~judge_default, "a")
+    second_order = judge_default & frame["judge"].astype("string").str.endswith("[ba]").fillna(False).astype(bool)
+    shown = shown.where(~second_order, "b")  # '<judge>[ba]': the judge saw b first
     decisive = frame["choice"].isin(DECISIVE) & shown.isin(DECISIVE)
     out = pd.Series(np.nan, index=frame.index)
     out[decisive] = (frame.loc[decisive, "choice"] == shown[decisive]).astype(float)
@@ -178,6 +182,50 @@ def position_bias(frame: pd.DataFrame, by: str = "annotator") -> pd.DataFrame:
         out.append({by: name, "n": n, "n_left": k, "p_left": k / n, "ci_low": ci.low, "ci_high": ci.high,
                     "p_value": test.pvalue})
     return pd.DataFrame(out, columns=[by, "n", "n_left", "p_left", "ci_low", "ci_high", "p_value"]).set_index(by)
+
+
+ORDER_VOTE = r"^(?P<judge>.+)\[(?P<order>ab|ba)\]$"  # a judge's vote in one presentation order (judges/lmm.py)
+
+
+def order_disagreement(frame: pd.DataFrame) -> pd.DataFrame:
+    """Judges asked in both orders (votes named '<judge>[ab]' and '<judge>[ba]' on one pair): per judge,
+    the share of pairs where the two orders disagree (the judge then logged a tie) and P(first shown
+    chosen) over the decisive order votes. Index judge; columns n_pairs, disagreement_rate, p_first."""
+    cols = ["n_pairs", "disagreement_rate", "p_first"]
+    votes = active_votes(frame[frame["judge"].notna()])
+    parts = votes["judge"].str.extract(ORDER_VOTE)
+    votes = votes.assign(base=parts["judge"], order=parts["order"]).dropna(subset=["base"])
+    if votes.empty:
+        return pd.DataFrame(columns=cols).rename_axis("judge")
+    wide = votes.drop_duplicates(["pair_id", "base", "order"], keep="last").pivot(
+        index=["base", "pair_id"], columns="order", values="choice").dropna()
+    decisive = votes[votes["choice"].isin(DECISIVE)]
+    first = np.where(decisive["order"] == "ab", decisive["choice"] == "a", decisive["choice"] == "b")
+    p_first = pd.Series(first, index=decisive.index).groupby(decisive["base"]).mean()
+    out = pd.DataFrame({"n_pairs": wide.groupby(level="base").size(),
+                        "disagreement_rate": (wide["ab"] != wide["ba"]).groupby(level="base").mean()})
+    out["p_first"] = p_first.reindex(out.index)
+    return out[cols].rename_axis("judge")
+
+
+def judge_judge_agreement(frame: pd.DataFrame) -> pd.DataFrame:
+    """Agreement between model judges voting on the same pairs (ensemble members, or any judges): per
+    pair of judges, pairs both judged, the share with the same choice, and Cohen's κ. Order votes
+    ('<judge>[ab]') are left out: order_disagreement covers them."""
+    cols = ["judge_1", "judge_2", "n", "agreement", "kappa"]
+    votes = canonical_votes(judge_votes(frame))
+    votes = votes[~votes["judge"].str.match(ORDER_VOTE)].drop_duplicates(["item", "judge"], keep="last")
+    wide = votes.pivot(index="item", columns="judge", values="label")
+    names = sorted(wide.columns)
+    rows = []
+    for i, j1 in enumerate(names):
+        for j2 in names[i + 1:]:
+            both = wide[[j1, j2]].dropna()
+            if len(both):
+                x, y = both[j1].to_numpy(), both[j2].to_numpy()
+                rows.append({"judge_1": j1, "judge_2": j2, "n": len(both), "agreement": float(np.mean(x == y)),
+                             "kappa": cohen_kappa(x, y)})
+    return pd.DataFrame(rows, columns=cols)
 
 
 # ----------------------------------------------------------------------------- judge–human agreement
@@ -492,6 +540,8 @@ class AuditSummary:
     taus: list[TauCalibration]
     n_votes: int
     n_pairs: int
+    order_disagreement: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    judge_judge_agreement: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
 
 def audit_summary(frame: pd.DataFrame, target_agreement: float = 0.9, n_boot: int = 200,
@@ -510,4 +560,6 @@ def audit_summary(frame: pd.DataFrame, target_agreement: float = 0.9, n_boot: in
         taus=[calibrate_tau(frame, j, target_agreement) for j in judges],
         n_votes=int(len(active_votes(frame))),
         n_pairs=int(frame["pair_id"].nunique()),
+        order_disagreement=order_disagreement(frame),
+        judge_judge_agreement=judge_judge_agreement(frame),
     )

@@ -22,7 +22,9 @@ from dreamdpo.judges.human import HumanPolicy
 from dreamdpo.losses import DPOConfig
 from dreamdpo.render import RenderConfig
 
-JUDGES = ("none", "toy-reward", "imagereward", "hpsv2", "human")
+from dreamdpo.judges import check_spec as check_judge_spec
+from dreamdpo.judges import slug as judge_slug
+from dreamdpo.judges.lmm import LMMConfig
 
 
 @dataclass
@@ -53,11 +55,14 @@ class RunConfig:
     prompt: str = "a red cube"
     negative_prompt: str = ""
     backbone: str = "toy"  # "toy" or a diffusers Stable-Diffusion-style model id / local path
-    judge: str = "toy-reward"  # one of JUDGES; "none" = SDS
+    judge: str = "toy-reward"  # a judge spec (dreamdpo.judges: JUDGE_HELP); "none" = SDS
     judge_weights: str | None = None  # local weights for imagereward / hpsv2
     # with judge == "human": the model judge working beside people (fallback on timeout, the steps
     # people skip by cadence, audit sampling); "none" = people only
     assist_judge: str = "toy-reward"
+    # cost guard: after this many model calls the judge hands over to assist_judge (None = no limit)
+    judge_max_calls: int | None = None
+    lmm: LMMConfig = dataclasses.field(default_factory=LMMConfig)  # how an lmm / lmm-api judge asks
     steps: int = 10000
     seed: int = 0
     out: str | None = None  # default outputs/<run-name>
@@ -88,7 +93,7 @@ class RunConfig:
     def run_name(self) -> str:
         words = "".join(c if c.isalnum() else "-" for c in self.prompt.lower()).strip("-")
         words = "-".join(w for w in words.split("-") if w)[:40]
-        return f"{words}-{self.judge}-s{self.seed}"
+        return f"{words}-{judge_slug(self.judge)}-s{self.seed}"
 
 
 def plain(obj):
@@ -218,10 +223,11 @@ def load_config(
 def validate(cfg: RunConfig) -> None:
     if not cfg.prompt.strip():
         raise UserError("the prompt is empty; pass --prompt \"a red cube\" (or any description)")
-    if cfg.judge not in JUDGES:
-        raise UserError(f"unknown judge '{cfg.judge}'; choose one of: {', '.join(JUDGES)}")
-    if cfg.assist_judge not in JUDGES or cfg.assist_judge == "human":
-        raise UserError(f"unknown assist_judge '{cfg.assist_judge}'; choose a model judge or none")
+    check_judge_spec(cfg.judge)
+    check_judge_spec(cfg.assist_judge, "assist_judge", allow_human=False)
+    cfg.lmm.check()
+    if cfg.judge_max_calls is not None and cfg.judge_max_calls < 1:
+        raise UserError(f"judge_max_calls must be ≥ 1 (or null for no limit), got {cfg.judge_max_calls}")
     if cfg.background not in ("envmap", "solid"):
         raise UserError(f"background must be 'envmap' or 'solid', got '{cfg.background}'")
     if cfg.steps < 1:

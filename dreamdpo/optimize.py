@@ -96,19 +96,18 @@ def load_prior(cfg: RunConfig, device: torch.device) -> DiffusionPrior:
     )
 
 
-def load_model_judge(name: str, device: torch.device, weights: str | None = None) -> Judge | None:
-    """Model judges by name; 'none' → None (SDS). The human judge is built by the CLI (it needs the log)."""
-    if name == "none":
-        return None
-    if name == "toy-reward":
-        from dreamdpo.toyworld.reward import ToyRewardJudge
+def load_model_judge(name: str, device: torch.device, weights: str | None = None, **options) -> Judge | None:
+    """A model judge from its spec (dreamdpo.judges.load: names, ensembles, the cost guard); 'none' → None
+    (SDS). The human judge is built by the CLI (it needs the log)."""
+    from dreamdpo import judges
 
-        return ToyRewardJudge.load(device=device)
-    if name == "human":
-        raise UserError("the human judge needs the preference log: run it through `dreamdpo run --judge human`")
-    from dreamdpo.judges.reward import load_judge
+    return judges.load(name, device, weights, **options)
 
-    return load_judge(name, device=device, weights=weights)
+
+def load_run_judge(cfg: RunConfig, device: torch.device) -> Judge | None:
+    """The run's model judge with its settings: LMM questions, judge_max_calls, assist_judge as fallback."""
+    return load_model_judge(cfg.judge, device, cfg.judge_weights, lmm=cfg.lmm, max_calls=cfg.judge_max_calls,
+                            fallback=cfg.assist_judge)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -243,7 +242,7 @@ def optimize(
         raise UserError(f"{out_dir} already holds a run; pass --resume to continue it or --out to start another")
     prior = prior if prior is not None else load_prior(cfg, device)
     if judge is None and cfg.judge != "none":
-        judge = load_model_judge(cfg.judge, device, cfg.judge_weights)
+        judge = load_run_judge(cfg, device)
     recorder = recorder or Recorder()
 
     V = prior.n_views

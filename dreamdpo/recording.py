@@ -92,6 +92,17 @@ class DbRecorder(Recorder):
             t=context.t[0], t_b=context.t[1], seed_a=context.seeds[0], seed_b=context.seeds[1],
             cameras=context.cameras, kind="live",
         )
+        self._record_members(judgement)
+
+    def _record_members(self, judgement):
+        """Each ensemble member's (and each LMM order's) own vote, on the same pair."""
+        from db import queue
+        from dreamdpo.judges.ensemble import member_votes
+
+        for v in member_votes(judgement):
+            sa, sb = v.mean_scores()
+            queue.log_judge(self.engine, judgement.pair_id, v.judge, v.winner if not v.skip else "skip",
+                            sa, sb, raw=v.raw)
 
     def progress(self, step, metrics, preview=None):
         from sqlalchemy.orm import Session

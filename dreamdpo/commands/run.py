@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from dreamdpo.judges import JUDGE_HELP
+
 
 def add_commands(sub) -> None:
     p = sub.add_parser("run", help="optimize a 3D object from a text prompt (DreamDPO, or SDS with --judge none)",
@@ -10,7 +12,7 @@ def add_commands(sub) -> None:
     p.add_argument("--prompt", help="text prompt, e.g. \"a red cube\"")
     p.add_argument("--backbone", help="'toy' (embedded, CPU) or a diffusers model id / local path, "
                                       "e.g. stabilityai/stable-diffusion-2-1-base")
-    p.add_argument("--judge", help="none (SDS) | toy-reward | imagereward | hpsv2 | human")
+    p.add_argument("--judge", help=JUDGE_HELP.replace("%", "%%"))
     p.add_argument("--steps", type=int)
     p.add_argument("--tau", type=float, help="threshold on the judge's score gap (judge units)")
     p.add_argument("--seed", type=int)
@@ -35,6 +37,10 @@ def run_command(args) -> int:
         flags["dpo"] = {"tau": args.tau}
     cfg = load_config(args.config, flags, args.overrides)
     judge, recorder = prepare_run(cfg, db_url=None if args.no_log else (args.db or ""), resume=args.resume)
+    if judge is not None and cfg.judge != "human":
+        from dreamdpo.judges.ensemble import run_estimate
+
+        print(run_estimate(judge, cfg))
     result = optimize(cfg, judge=judge, recorder=recorder, resume=args.resume, progress=not args.quiet)
     print(f"{result.status}: {result.steps_done} steps; outputs in {result.out_dir}")
     for name, path in result.outputs.items():
@@ -53,7 +59,7 @@ def prepare_run(cfg, db_url: str | None, resume: bool):
     import json
     from pathlib import Path
 
-    from dreamdpo.optimize import load_model_judge, resolve_device
+    from dreamdpo.optimize import load_model_judge, load_run_judge, resolve_device
     from dreamdpo.recording import DbRecorder, Recorder
 
     device = resolve_device(cfg.device)
@@ -64,7 +70,7 @@ def prepare_run(cfg, db_url: str | None, resume: bool):
             from dreamdpo.errors import UserError
 
             raise UserError("--judge human needs the preference log; drop --no-log")
-        return load_model_judge(cfg.judge, device, cfg.judge_weights), Recorder()
+        return load_run_judge(cfg, device), Recorder()
 
     from db import queue
     from db.engine import connect
@@ -89,5 +95,5 @@ def prepare_run(cfg, db_url: str | None, resume: bool):
         assist = load_model_judge(cfg.assist_judge, device, cfg.judge_weights)
         judge = HumanJudge(engine, cfg.human, model_judge=assist, seed=cfg.seed)
     else:
-        judge = load_model_judge(cfg.judge, device, cfg.judge_weights)
+        judge = load_run_judge(cfg, device)
     return judge, DbRecorder(engine, run_id=run_id)
