@@ -1,4 +1,6 @@
-"""Export page (admins only): build a Pick-a-Pic, TRL or JSONL export and download it as a zip."""
+"""Export page (admins only): build a Pick-a-Pic, TRL or JSONL export and download it as a zip.
+
+People's votes only by default: a dataset of model-judge votes is asked for explicitly."""
 from __future__ import annotations
 
 import tempfile
@@ -6,6 +8,10 @@ from pathlib import Path
 
 from db import export
 from db.errors import LogError
+
+CAPTIONS = ["for image generators (DiffusionDPO, PickScore): decisive votes in train, ties in their own split",
+            "for a vision-language judge (trl.DPOTrainer): answers First/Second; ties, both-bad, skips split off",
+            "everything, comparisons.jsonl + PNG files"]
 
 
 def render(engine, user: dict) -> None:
@@ -17,15 +23,21 @@ def render(engine, user: dict) -> None:
     except LogError as e:
         st.error(f"Exports are for admins only: {e}.")
         return
-    fmt = st.radio("Format", export.FORMATS, horizontal=True,
-                   captions=["parquet, image bytes, ties 0.5/0.5", "prompt/chosen/rejected/images, ties split",
-                             "comparisons.jsonl + PNG files"])
+    fmt = st.radio("Format", export.FORMATS, horizontal=True, captions=CAPTIONS)
     cols = st.columns(3)
     run = cols[0].number_input("Run id (0 = all)", min_value=0, value=0, step=1)
     since = cols[1].text_input("Since (YYYY-MM-DD, empty = all)", "")
-    include_ties = cols[2].checkbox("Include ties", value=False)
+    include_ties = cols[2].checkbox("Include ties (own split)", value=False)
+    cols = st.columns(2)
+    humans_only = cols[0].checkbox("People's votes", value=True)
+    judges = cols[1].text_input("Model judges' votes (names, comma-separated; empty = none)", "")
     if st.button("Build export"):
-        filters = export.ExportFilters(run_id=int(run) or None, since=since.strip() or None, include_ties=include_ties)
+        names = export.parse_judges(judges)
+        if not humans_only and not names:
+            st.error("Nothing selected: tick People's votes or name the judges whose votes to export.")
+            return
+        filters = export.ExportFilters(run_id=int(run) or None, since=since.strip() or None,
+                                       include_ties=include_ties, humans_only=humans_only, judges=names)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "export"
             try:

@@ -1,21 +1,39 @@
-"""Preference datasets from the log: Pick-a-Pic parquet, TRL preference parquet, JSONL + PNG.
+"""Preference datasets from the log, in the layouts their consumers read unchanged.
 
-Every export streams: comparisons come from the database in chunks (server-side cursor,
-`yield_per`) and each chunk becomes one parquet row group (pyarrow.ParquetWriter) or a batch of
-JSONL lines, so memory stays bounded by the chunk size whatever the size of the log. Every export
-writes `manifest.json`: format, schema version, filters, counts (rows per split and what was left
-out and why) and the sha256 of every file.
+- `pickapic`: the Pick-a-Pic v2 columns and types (image bytes in jpg_0/jpg_1, label_0/label_1,
+  `created_at` as timestamp[ns] in UTC, `num_example_per_prompt`, null image urls), for image-generator
+  preference training (DiffusionDPO's train.py, PickScore's trainer). Split `train` holds only decisive
+  votes, labels (1, 0) or (0, 1). DiffusionDPO trains every row whose label_0 is not 1 as "jpg_1 wins"
+  and never reads has_label, so nothing else may sit in `train`: ties (0.5, 0.5) go to split `ties`, and
+  only with `include_ties`; "both bad" and skips are left out and counted.
+- `trl`: TRL's conversational vision preference format, for training a multimodal judge with
+  `trl.DPOTrainer` and a vision-language model: `prompt` = a user turn holding two image placeholders
+  and the question, `images` = the two candidates in the order the voter saw them, `chosen`/`rejected`
+  = the assistant answers "First"/"Second". Ties (with `include_ties`), "both bad" and skips go to
+  their own splits (`ties`, `both_bad`, `skips`), whose answer is in `chosen` and whose `rejected` is
+  null, so that no trainer takes them by mistake.
+- `jsonl`: comparisons.jsonl + PNG files, every column of the log.
 
-One comparison = one vote (a person's or a model judge's) on one pair, with both images.
-Choices map to Pick-a-Pic labels as a → (1, 0), b → (0, 1), tie → (0.5, 0.5), both_bad → (0, 0)
-with has_label false; skips and retracted votes are not comparisons and are only counted.
-Ties are left out unless `include_ties` (TRL always writes them to their own split when included).
+Every export streams: comparisons come from the database in chunks (server-side cursor, `yield_per`)
+and each chunk becomes one parquet row group or a batch of JSONL lines, so memory stays bounded by
+the chunk size whatever the size of the log. Parquet exports carry a dataset card (README.md) whose
+`configs` name every split, so `datasets.load_dataset(DIR)` returns them all and
+`load_dataset(DIR, split="ties")` one of them. Every export writes `manifest.json`: format, schema
+version, filters, counts (rows per split, what was left out and why) and the sha256 of every file.
+An export is written into a hidden sibling folder and renamed into place when complete: a failed
+export leaves nothing at --out, and nothing that blocks a retry.
+
+One comparison = one vote (a person's or a model judge's) on one pair. Retracted votes and votes on
+pairs the run marked indistinct are never exported, only counted.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,11 +44,12 @@ import pyarrow.parquet as pq
 
 from db.errors import LogError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FORMATS = ("pickapic", "trl", "jsonl")
 CHUNK = 1000
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+TIMESTAMP = pa.timestamp("ns")  # naive UTC, as Pick-a-Pic's created_at
 
 
 @dataclass(frozen=True)
@@ -38,13 +57,15 @@ class ExportFilters:
     run_id: int | None = None
     since: str | None = None          # ISO date or datetime; votes created at or after it
     include_ties: bool = False
+    humans_only: bool = False         # people's votes (with `judges`: people's and those judges')
+    judges: tuple[str, ...] | None = None  # only these model judges' votes (with humans_only: and people's)
 
 
 @dataclass
 class ExportCounts:
-    comparisons: int = 0                                  # votes read from the log after run/since filters
+    comparisons: int = 0                                  # votes read from the log after run/since/source filters
     rows: dict[str, int] = field(default_factory=dict)    # rows written per split
-    excluded: dict[str, int] = field(default_factory=dict)  # skipped | retracted | tie → count
+    excluded: dict[str, int] = field(default_factory=dict)  # reason (retracted, indistinct, tie, ...) → count
     choices: dict[str, int] = field(default_factory=dict)   # written rows per choice
 
     def drop(self, reason: str) -> None:
@@ -56,9 +77,9 @@ class ExportCounts:
 
 
 # ----------------------------------------------------------------------------- reading the log
-COMPARISON_FIELDS = ("vote_id", "pair_id", "run_id", "step", "kind", "prompt", "question", "image_a_id",
-                     "image_b_id", "image_a", "image_b", "seed_a", "seed_b", "annotator_id", "annotator",
-                     "judge", "choice", "score_a", "score_b", "shown_left", "latency_ms", "created_at",
+COMPARISON_FIELDS = ("vote_id", "pair_id", "run_id", "step", "kind", "pair_status", "prompt", "question",
+                     "image_a_id", "image_b_id", "image_a", "image_b", "seed_a", "seed_b", "annotator_id",
+                     "annotator", "judge", "choice", "score_a", "score_b", "shown_left", "latency_ms", "created_at",
                      "gold_answer", "duplicate_of", "retracted")
 
 
@@ -81,7 +102,8 @@ def comparisons_query(engine, filters: ExportFilters = ExportFilters()):
     img_a, img_b = models.Image.__table__.alias("img_a"), models.Image.__table__.alias("img_b")
     stmt = (
         sa.select(
-            v.c.id.label("vote_id"), p.c.id.label("pair_id"), p.c.run_id, p.c.step, p.c.kind, r.c.prompt,
+            v.c.id.label("vote_id"), p.c.id.label("pair_id"), p.c.run_id, p.c.step, p.c.kind,
+            p.c.status.label("pair_status"), r.c.prompt,
             sa.func.coalesce(p.c.question, r.c.question).label("question") if "question" in p.c else r.c.question,
             p.c.image_a.label("image_a_id"), p.c.image_b.label("image_b_id"), img_a.c.png.label("image_a"),
             img_b.c.png.label("image_b"), p.c.seed_a, p.c.seed_b, v.c.annotator_id, a.c.name.label("annotator"),
@@ -99,6 +121,13 @@ def comparisons_query(engine, filters: ExportFilters = ExportFilters()):
     since = _parse_since(filters.since)
     if since is not None:
         stmt = stmt.where(v.c.created_at >= since)
+    sources = []
+    if filters.humans_only:
+        sources.append(v.c.annotator_id.is_not(None))
+    if filters.judges:
+        sources.append(v.c.judge_name.in_(list(filters.judges)))
+    if sources:
+        stmt = stmt.where(sa.or_(*sources))
     return stmt
 
 
@@ -112,15 +141,47 @@ def _parse_since(since: str | None) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
-# ----------------------------------------------------------------------------- row layouts
-LABELS = {"a": (1.0, 0.0), "b": (0.0, 1.0), "tie": (0.5, 0.5), "both_bad": (0.0, 0.0)}
+def parse_judges(text: str | None) -> tuple[str, ...] | None:
+    """'hpsv2, imagereward' → ('hpsv2', 'imagereward'); empty → None (no judge filter)."""
+    names = tuple(n.strip() for n in (text or "").split(",") if n.strip())
+    return names or None
 
+
+# ----------------------------------------------------------------------------- where each vote goes
+LABELS = {"a": (1.0, 0.0), "b": (0.0, 1.0), "tie": (0.5, 0.5)}
+DECISIVE = ("a", "b")
+TRL_SPLITS = {"a": "train", "b": "train", "tie": "ties", "both_bad": "both_bad", "skip": "skips"}
+
+
+def route(fmt: str, c: dict, include_ties: bool) -> tuple[str | None, str | None]:
+    """(split, None) for a row to write, or (None, reason) for a vote left out."""
+    choice = c["choice"]
+    if c.get("retracted"):
+        return None, "retracted"
+    if c.get("pair_status") == "indistinct":
+        return None, "indistinct"
+    if choice == "tie" and not include_ties:
+        return None, "tie"
+    if fmt == "trl":
+        return TRL_SPLITS[choice], None
+    if choice == "skip":
+        return None, "skip"
+    if fmt == "pickapic":
+        if choice == "both_bad":
+            return None, "both_bad"  # no winner: DiffusionDPO would train it as "jpg_1 wins"
+        return ("ties" if choice == "tie" else "train"), None
+    return "comparisons", None
+
+
+# ----------------------------------------------------------------------------- row layouts
 PICKAPIC_SCHEMA = pa.schema([
-    ("caption", pa.string()), ("jpg_0", pa.binary()), ("jpg_1", pa.binary()),
-    ("label_0", pa.float64()), ("label_1", pa.float64()), ("are_different", pa.bool_()),
-    ("has_label", pa.bool_()), ("user_id", pa.int64()), ("ranking_id", pa.int64()),
-    ("image_0_uid", pa.string()), ("image_1_uid", pa.string()), ("best_image_uid", pa.string()),
-    ("model_0", pa.string()), ("model_1", pa.string()), ("created_at", pa.string()),
+    # Pick-a-Pic v2's columns, in its order and types
+    ("are_different", pa.bool_()), ("best_image_uid", pa.string()), ("caption", pa.string()),
+    ("created_at", TIMESTAMP), ("has_label", pa.bool_()), ("image_0_uid", pa.string()),
+    ("image_0_url", pa.string()), ("image_1_uid", pa.string()), ("image_1_url", pa.string()),
+    ("jpg_0", pa.binary()), ("jpg_1", pa.binary()), ("label_0", pa.float64()), ("label_1", pa.float64()),
+    ("model_0", pa.string()), ("model_1", pa.string()), ("ranking_id", pa.int64()), ("user_id", pa.int64()),
+    ("num_example_per_prompt", pa.int64()),
     # dreamdpo's own columns, so that nothing in the log is lost
     ("choice", pa.string()), ("annotator", pa.string()), ("judge", pa.string()), ("run_id", pa.int64()),
     ("pair_id", pa.int64()), ("step", pa.int64()), ("kind", pa.string()), ("question", pa.string()),
@@ -128,12 +189,27 @@ PICKAPIC_SCHEMA = pa.schema([
     ("latency_ms", pa.float64()), ("gold_answer", pa.string()), ("duplicate_of", pa.int64()),
 ])
 
+MESSAGES = pa.list_(pa.struct([("role", pa.string()),
+                               ("content", pa.list_(pa.struct([("type", pa.string()), ("text", pa.string())])))]))
+
 TRL_SCHEMA = pa.schema([
-    ("prompt", pa.string()), ("chosen", IMAGE), ("rejected", IMAGE), ("images", pa.list_(IMAGE)),
-    ("tie", pa.bool_()), ("annotator", pa.string()), ("judge", pa.string()), ("run_id", pa.int64()),
-    ("pair_id", pa.int64()), ("vote_id", pa.int64()), ("kind", pa.string()), ("score_chosen", pa.float64()),
-    ("score_rejected", pa.float64()), ("created_at", pa.string()),
+    ("prompt", MESSAGES), ("chosen", MESSAGES), ("rejected", MESSAGES), ("images", pa.list_(IMAGE)),
+    ("choice", pa.string()), ("first", pa.string()), ("caption", pa.string()), ("question", pa.string()),
+    ("annotator", pa.string()), ("judge", pa.string()), ("run_id", pa.int64()), ("pair_id", pa.int64()),
+    ("vote_id", pa.int64()), ("kind", pa.string()), ("score_first", pa.float64()), ("score_second", pa.float64()),
+    ("created_at", TIMESTAMP),
 ])
+
+DEFAULT_QUESTION = "Which image matches the prompt better?"
+ANSWERS = {"first": "First", "second": "Second", "tie": "Tie", "both_bad": "Both bad", "skip": "Skip"}
+
+
+def _timestamp(value) -> datetime | None:
+    """A naive UTC datetime (Pick-a-Pic's timestamp[ns]) from a datetime or an ISO string."""
+    if value is None:
+        return None
+    when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return when.astimezone(timezone.utc).replace(tzinfo=None) if when.tzinfo else when
 
 
 def _iso(value) -> str | None:
@@ -147,38 +223,58 @@ def _float(value) -> float | None:
 
 
 def pickapic_row(c: dict) -> dict:
+    """jpg_0 = candidate a, jpg_1 = candidate b; num_example_per_prompt is filled in after the last row."""
     label_0, label_1 = LABELS[c["choice"]]
     best = {"a": c["image_a_id"], "b": c["image_b_id"]}.get(c["choice"], "")
     return {
-        "caption": c["prompt"], "jpg_0": c["image_a"], "jpg_1": c["image_b"], "label_0": label_0, "label_1": label_1,
-        "are_different": c["image_a_id"] != c["image_b_id"], "has_label": c["choice"] != "both_bad",
-        "user_id": c["annotator_id"] if c["annotator_id"] is not None else -1, "ranking_id": c["vote_id"],
-        "image_0_uid": c["image_a_id"], "image_1_uid": c["image_b_id"], "best_image_uid": best,
+        "are_different": c["image_a_id"] != c["image_b_id"], "best_image_uid": best, "caption": c["prompt"],
+        "created_at": _timestamp(c["created_at"]), "has_label": True, "image_0_uid": c["image_a_id"],
+        "image_0_url": None, "image_1_uid": c["image_b_id"], "image_1_url": None, "jpg_0": c["image_a"],
+        "jpg_1": c["image_b"], "label_0": label_0, "label_1": label_1,
         "model_0": f"run{c['run_id']}/seed{c['seed_a']}", "model_1": f"run{c['run_id']}/seed{c['seed_b']}",
-        "created_at": _iso(c["created_at"]), "choice": c["choice"], "annotator": c["annotator"], "judge": c["judge"],
-        "run_id": c["run_id"], "pair_id": c["pair_id"], "step": c["step"], "kind": c["kind"],
-        "question": c["question"], "shown_left": c["shown_left"], "score_a": _float(c["score_a"]),
-        "score_b": _float(c["score_b"]), "latency_ms": _float(c["latency_ms"]), "gold_answer": c["gold_answer"],
-        "duplicate_of": c["duplicate_of"],
+        "ranking_id": c["vote_id"], "user_id": c["annotator_id"] if c["annotator_id"] is not None else -1,
+        "num_example_per_prompt": 0,
+        "choice": c["choice"], "annotator": c["annotator"], "judge": c["judge"], "run_id": c["run_id"],
+        "pair_id": c["pair_id"], "step": c["step"], "kind": c["kind"], "question": c["question"],
+        "shown_left": c["shown_left"], "score_a": _float(c["score_a"]), "score_b": _float(c["score_b"]),
+        "latency_ms": _float(c["latency_ms"]), "gold_answer": c["gold_answer"], "duplicate_of": c["duplicate_of"],
     }
 
 
+def _message(role: str, parts: list[dict]) -> list[dict]:
+    return [{"role": role, "content": parts}]
+
+
+def trl_prompt(caption: str, question: str | None) -> list[dict]:
+    """The user turn: two image placeholders (filled by TRL from `images`), then the question."""
+    text = f'{question or DEFAULT_QUESTION}\nPrompt: "{caption}"\nAnswer First or Second.'
+    return _message("user", [{"type": "image", "text": None}, {"type": "image", "text": None},
+                             {"type": "text", "text": text}])
+
+
 def trl_row(c: dict) -> dict:
-    """Chosen/rejected images (a first for a tie); `images` holds both in that order."""
-    first, second = ("b", "a") if c["choice"] == "b" else ("a", "b")
-    chosen = {"bytes": c[f"image_{first}"], "path": f"{c[f'image_{first}_id']}.png"}
-    rejected = {"bytes": c[f"image_{second}"], "path": f"{c[f'image_{second}_id']}.png"}
+    """Images in the order the voter saw them (shown_left first; a first when unknown)."""
+    first = c["shown_left"] if c["shown_left"] in ("a", "b") else "a"
+    second = "b" if first == "a" else "a"
+    choice = c["choice"]
+    answer = lambda key: _message("assistant", [{"type": "text", "text": ANSWERS[key]}])  # noqa: E731
+    if choice in DECISIVE:
+        won = "first" if choice == first else "second"
+        chosen, rejected = answer(won), answer("second" if won == "first" else "first")
+    else:
+        chosen, rejected = answer(choice), None
+    images = [{"bytes": c[f"image_{side}"], "path": f"{c[f'image_{side}_id']}.png"} for side in (first, second)]
     return {
-        "prompt": c["prompt"], "chosen": chosen, "rejected": rejected, "images": [chosen, rejected],
-        "tie": c["choice"] == "tie", "annotator": c["annotator"], "judge": c["judge"], "run_id": c["run_id"],
-        "pair_id": c["pair_id"], "vote_id": c["vote_id"], "kind": c["kind"],
-        "score_chosen": _float(c[f"score_{first}"]), "score_rejected": _float(c[f"score_{second}"]),
-        "created_at": _iso(c["created_at"]),
+        "prompt": trl_prompt(c["prompt"], c["question"]), "chosen": chosen, "rejected": rejected, "images": images,
+        "choice": choice, "first": first, "caption": c["prompt"], "question": c["question"],
+        "annotator": c["annotator"], "judge": c["judge"], "run_id": c["run_id"], "pair_id": c["pair_id"],
+        "vote_id": c["vote_id"], "kind": c["kind"], "score_first": _float(c[f"score_{first}"]),
+        "score_second": _float(c[f"score_{second}"]), "created_at": _timestamp(c["created_at"]),
     }
 
 
 def jsonl_row(c: dict) -> dict:
-    row = {k: c[k] for k in COMPARISON_FIELDS if k not in ("image_a", "image_b", "retracted")}
+    row = {k: c.get(k) for k in COMPARISON_FIELDS if k not in ("image_a", "image_b", "retracted")}
     row["created_at"] = _iso(c["created_at"])
     row["image_a"] = f"images/{c['image_a_id']}.png"
     row["image_b"] = f"images/{c['image_b_id']}.png"
@@ -186,18 +282,22 @@ def jsonl_row(c: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- writers
+def _feature(t: pa.DataType):
+    """The `datasets` feature of an arrow type (image structs decode as PIL images)."""
+    if t.equals(IMAGE):
+        return {"_type": "Image"}
+    if pa.types.is_list(t):
+        return {"feature": _feature(t.value_type), "_type": "List"}
+    if pa.types.is_struct(t):
+        return {t.field(i).name: _feature(t.field(i).type) for i in range(t.num_fields)}
+    dtype = {pa.string(): "string", pa.binary(): "binary", pa.float64(): "float64", pa.int64(): "int64",
+             pa.bool_(): "bool", TIMESTAMP: "timestamp[ns]"}[t]
+    return {"dtype": dtype, "_type": "Value"}
+
+
 def _hf_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
     """The `huggingface` schema metadata that makes `datasets` decode image structs as images."""
-    def feature(t: pa.DataType) -> dict:
-        if t.equals(IMAGE):
-            return {"_type": "Image"}
-        if pa.types.is_list(t):
-            return {"feature": feature(t.value_type), "_type": "List"}
-        dtype = {pa.string(): "string", pa.binary(): "binary", pa.float64(): "float64", pa.int64(): "int64",
-                 pa.bool_(): "bool"}[t]
-        return {"dtype": dtype, "_type": "Value"}
-
-    features = {f.name: feature(f.type) for f in schema}
+    features = {f.name: _feature(f.type) for f in schema}
     return {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
 
 
@@ -210,6 +310,9 @@ class ParquetSplits:
         self.writers: dict[str, pq.ParquetWriter] = {}
         self.buffers: dict[str, list[dict]] = {}
 
+    def path(self, split: str) -> Path:
+        return self.out_dir / f"{split}.parquet"
+
     def add(self, split: str, row: dict) -> None:
         buf = self.buffers.setdefault(split, [])
         buf.append(row)
@@ -221,29 +324,90 @@ class ParquetSplits:
         if not rows:
             return
         if split not in self.writers:
-            self.writers[split] = pq.ParquetWriter(self.out_dir / f"{split}.parquet", self.schema)
+            self.writers[split] = pq.ParquetWriter(self.path(split), self.schema)
         self.writers[split].write_table(pa.Table.from_pylist(rows, schema=self.schema))
         self.buffers[split] = []
 
-    def close(self) -> list[Path]:
+    def close(self) -> list[str]:
         for split in list(self.buffers):
             self._flush(split)
         for writer in self.writers.values():
             writer.close()
-        return [self.out_dir / f"{s}.parquet" for s in self.writers]
+        return list(self.writers)
+
+
+def fill_examples_per_prompt(path: Path, counts: dict[str, int]) -> None:
+    """Rewrite `num_example_per_prompt` (rows of the split with the same caption), one row group at a time."""
+    src = pq.ParquetFile(path)
+    tmp = path.with_suffix(".tmp")
+    with pq.ParquetWriter(tmp, src.schema_arrow) as writer:
+        for i in range(src.num_row_groups):
+            table = src.read_row_group(i)
+            n = pa.array([counts[c] for c in table.column("caption").to_pylist()], pa.int64())
+            writer.write_table(table.set_column(table.schema.get_field_index("num_example_per_prompt"),
+                                                "num_example_per_prompt", n))
+    src.close()
+    os.replace(tmp, path)
+
+
+SPLIT_USES = {
+    ("pickapic", "train"): "decisive votes only, labels (1, 0) or (0, 1): DiffusionDPO's train.py, PickScore",
+    ("pickapic", "ties"): "ties, labels (0.5, 0.5); DiffusionDPO trains a tie as 'jpg_0 wins': never train on it",
+    ("trl", "train"): "decisive votes: trl.DPOTrainer with a vision-language model",
+    ("trl", "ties"): "ties: the answer in `chosen`, `rejected` null (not a preference pair)",
+    ("trl", "both_bad"): "'both bad' votes: the answer in `chosen`, `rejected` null (not a preference pair)",
+    ("trl", "skips"): "skipped pairs: the answer in `chosen`, `rejected` null (not a preference pair)",
+}
+
+
+def dataset_card(fmt: str, splits: list[str]) -> str:
+    """README.md whose `configs` make `load_dataset(DIR)` see every split by name."""
+    order = list(dict.fromkeys(s for s in ["train", *sorted(splits)] if s in splits))
+    lines = []
+    if order:
+        lines = ["---", "configs:", "- config_name: default", "  data_files:"]
+        for s in order:
+            lines += [f"  - split: {s}", f"    path: {s}.parquet"]
+        lines += ["---", ""]
+    lines += [f"# dreamdpo preference export ({fmt})", ""]
+    lines += [f"- `{s}`: {SPLIT_USES.get((fmt, s), '')}" for s in order] or ["No rows."]
+    lines += ["", "Counts, filters and checksums: manifest.json.", ""]
+    return "\n".join(lines)
+
+
+def _check_out(out: Path) -> None:
+    if out.is_file() or (out.exists() and not out.is_dir()):
+        raise LogError(f"--out {out} is a file; give a new or empty directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise LogError(f"{out} is not empty; export into a new or empty directory")
 
 
 def write_comparisons(comparisons: Iterable[dict], fmt: str, out_dir: str | Path,
                       filters: ExportFilters = ExportFilters(), chunk_size: int = CHUNK) -> dict:
-    """Write an export from a stream of comparisons; returns (and writes) the manifest."""
+    """Write an export from a stream of comparisons; returns (and writes) the manifest.
+
+    Written into a hidden sibling folder, renamed to `out_dir` when complete; removed on failure."""
     if fmt not in FORMATS:
         raise LogError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if any(out.iterdir()):
-        raise LogError(f"{out} is not empty; export into a new or empty directory")
+    _check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        manifest = _write(comparisons, fmt, tmp, filters, chunk_size)
+        _check_out(out)
+        if out.is_dir():
+            out.rmdir()
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write(comparisons: Iterable[dict], fmt: str, out: Path, filters: ExportFilters, chunk_size: int) -> dict:
     counts = ExportCounts()
-    files: list[Path] = []
+    per_prompt: dict[str, dict[str, int]] = {}
     parquet = None
     if fmt in ("pickapic", "trl"):
         parquet = ParquetSplits(out, PICKAPIC_SCHEMA if fmt == "pickapic" else TRL_SCHEMA, chunk_size)
@@ -254,25 +418,17 @@ def write_comparisons(comparisons: Iterable[dict], fmt: str, out_dir: str | Path
     try:
         for c in comparisons:
             counts.comparisons += 1
-            if c.get("retracted"):
-                counts.drop("retracted")
+            split, reason = route(fmt, c, filters.include_ties)
+            if split is None:
+                counts.drop(reason)
                 continue
-            if c["choice"] == "skip":
-                counts.drop("skip")
-                continue
-            if c["choice"] == "tie" and not filters.include_ties:
-                counts.drop("tie")
-                continue
+            counts.keep(split, c["choice"])
             if fmt == "pickapic":
-                parquet.add("train", pickapic_row(c))
-                counts.keep("train", c["choice"])
+                parquet.add(split, pickapic_row(c))
+                prompts = per_prompt.setdefault(split, {})
+                prompts[c["prompt"]] = prompts.get(c["prompt"], 0) + 1
             elif fmt == "trl":
-                if c["choice"] == "both_bad":
-                    counts.drop("both_bad")   # no chosen image: not a TRL preference
-                    continue
-                split = "ties" if c["choice"] == "tie" else "train"
                 parquet.add(split, trl_row(c))
-                counts.keep(split, c["choice"])
             else:
                 for side in ("a", "b"):
                     image_id = c[f"image_{side}_id"]
@@ -280,13 +436,19 @@ def write_comparisons(comparisons: Iterable[dict], fmt: str, out_dir: str | Path
                         (out / "images" / f"{image_id}.png").write_bytes(c[f"image_{side}"])
                         written.add(image_id)
                 jsonl.write(json.dumps(jsonl_row(c)) + "\n")
-                counts.keep("comparisons", c["choice"])
     finally:
         if parquet is not None:
-            files = parquet.close()
+            splits = parquet.close()
         else:
             jsonl.close()
-            files = [out / "comparisons.jsonl"] + sorted((out / "images").iterdir())
+    if parquet is not None:
+        for split in splits:
+            if fmt == "pickapic":
+                fill_examples_per_prompt(parquet.path(split), per_prompt[split])
+        (out / "README.md").write_text(dataset_card(fmt, splits))
+        files = [out / "README.md"] + [parquet.path(s) for s in splits]
+    else:
+        files = [out / "comparisons.jsonl"] + sorted((out / "images").iterdir())
     manifest = {
         "format": fmt, "schema_version": SCHEMA_VERSION,
         "created_at": datetime.now(timezone.utc).isoformat(),

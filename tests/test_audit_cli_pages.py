@@ -37,10 +37,12 @@ def test_export_cli_round_trips_the_database(log, tmp_path, capsys):
     manifest = json.loads((tmp_path / "pp" / "manifest.json").read_text())
     assert manifest["counts"]["comparisons"] == len(frame)
     table = pq.read_table(tmp_path / "pp" / "train.parquet").to_pandas()
-    opinions = frame[(frame["choice"] != "skip") & ~frame["retracted"]]
+    opinions = frame[frame["choice"].isin(["a", "b"]) & ~frame["retracted"]]  # train: decisive votes only
     assert frame["retracted"].sum() > 0 and manifest["counts"]["excluded"]["retracted"] == frame["retracted"].sum()
     assert sorted(table["ranking_id"]) == sorted(opinions["vote_id"])
     assert table["choice"].value_counts().to_dict() == opinions["choice"].value_counts().to_dict()
+    ties = pq.read_table(tmp_path / "pp" / "ties.parquet").to_pandas()
+    assert sorted(ties["ranking_id"]) == sorted(frame.loc[(frame["choice"] == "tie") & ~frame["retracted"], "vote_id"])
     assert set(table["kind"]) >= {"live", "gold", "duplicate"}
     # image bytes equal the ones posted
     from db import qc

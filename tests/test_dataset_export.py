@@ -1,5 +1,7 @@
-"""db/export.py: round trips of every format (nothing lost), loading through `datasets`, manifests,
-admin-only exports, bounded memory on a large log."""
+"""db/export.py: what goes where in every format (decisive votes in train, ties/both-bad/skips split off
+or left out and counted), Pick-a-Pic's column types, loading every split by name through `datasets`,
+indistinct pairs left out, source filters, atomic exports, manifests, admin-only exports, bounded memory.
+The real consumers' checks are in tests/test_consumers_*.py."""
 from __future__ import annotations
 
 import hashlib
@@ -54,15 +56,15 @@ def comparisons():
     return comps
 
 
-def expected(comps, include_ties, drop_both_bad=False):
-    keep = [c for c in comps if not c["retracted"] and c["choice"] != "skip"
-            and (include_ties or c["choice"] != "tie") and not (drop_both_bad and c["choice"] == "both_bad")]
-    return keep
+def opinions(comps):
+    """Votes that may be exported at all: not retracted, not on an indistinct pair."""
+    return [c for c in comps if not c["retracted"] and c.get("pair_status") != "indistinct"]
 
 
 def check_manifest(out, manifest, comps):
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest and manifest["schema_version"] == export.SCHEMA_VERSION
+    assert set(manifest["files"]) | {"manifest.json"} == {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     for name, meta in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == meta["sha256"]
     counts = manifest["counts"]
@@ -70,70 +72,164 @@ def check_manifest(out, manifest, comps):
     assert sum(counts["rows"].values()) + sum(counts["excluded"].values()) == len(comps)
 
 
+def splits_of(out) -> dict[str, list[dict]]:
+    return {p.stem: pq.read_table(p).to_pylist() for p in sorted(out.glob("*.parquet"))}
+
+
 @pytest.mark.parametrize("include_ties", [False, True])
-def test_pickapic_round_trip_loses_nothing(tmp_path, comparisons, include_ties):
-    filters = export.ExportFilters(include_ties=include_ties)
-    manifest = export.write_comparisons(iter(comparisons), "pickapic", tmp_path, filters, chunk_size=50)
-    check_manifest(tmp_path, manifest, comparisons)
-    keep = expected(comparisons, include_ties)
-    table = pq.read_table(tmp_path / "train.parquet")
-    assert pq.ParquetFile(tmp_path / "train.parquet").metadata.num_row_groups == -(-len(keep) // 50)
-    rows = table.to_pylist()
-    assert [r["ranking_id"] for r in rows] == [c["vote_id"] for c in keep]
-    for r, c in zip(rows, keep):
+def test_pickapic_train_holds_only_decisive_votes(tmp_path, comparisons, include_ties):
+    out = tmp_path / "pp"
+    manifest = export.write_comparisons(iter(comparisons), "pickapic", out,
+                                        export.ExportFilters(include_ties=include_ties), chunk_size=50)
+    check_manifest(out, manifest, comparisons)
+    ok = opinions(comparisons)
+    splits = splits_of(out)
+    assert set(splits) == ({"train", "ties"} if include_ties else {"train"})
+    decisive = [c for c in ok if c["choice"] in ("a", "b")]
+    train = splits["train"]
+    assert pq.ParquetFile(out / "train.parquet").metadata.num_row_groups == -(-len(decisive) // 50)
+    assert [r["ranking_id"] for r in train] == [c["vote_id"] for c in decisive]
+    for r, c in zip(train, decisive):
         assert r["jpg_0"] == c["image_a"] and r["jpg_1"] == c["image_b"] and r["choice"] == c["choice"]
-        assert (r["label_0"], r["label_1"]) == export.LABELS[c["choice"]]
-        assert r["has_label"] == (c["choice"] != "both_bad") and r["caption"] == c["prompt"]
+        assert (r["label_0"], r["label_1"]) == ((1.0, 0.0) if c["choice"] == "a" else (0.0, 1.0))
+        assert r["has_label"] and r["caption"] == c["prompt"]
+        assert r["best_image_uid"] == (r["image_0_uid"] if c["choice"] == "a" else r["image_1_uid"])
         assert r["annotator"] == c["annotator"] and r["judge"] == c["judge"] and r["gold_answer"] == c["gold_answer"]
-    assert manifest["counts"]["excluded"]["skip"] == sum(c["choice"] == "skip" for c in comparisons)
-    assert ("tie" in manifest["counts"]["excluded"]) != include_ties
+        assert r["user_id"] == (c["annotator_id"] if c["annotator_id"] is not None else -1)
+    if include_ties:
+        ties = [c for c in ok if c["choice"] == "tie"]
+        assert ties and [r["ranking_id"] for r in splits["ties"]] == [c["vote_id"] for c in ties]
+        assert all(r["label_0"] == r["label_1"] == 0.5 for r in splits["ties"])
+    excluded = manifest["counts"]["excluded"]
+    assert excluded["both_bad"] == sum(c["choice"] == "both_bad" for c in ok) > 0
+    assert excluded["skip"] == sum(c["choice"] == "skip" for c in ok) > 0
+    assert excluded["retracted"] == sum(c["retracted"] for c in comparisons) > 0
+    assert ("tie" in excluded) != include_ties
 
 
-def test_pickapic_loads_with_datasets_as_bytes(tmp_path, comparisons):
+def test_pickapic_column_types_and_counts_are_pick_a_pics(tmp_path, comparisons):
+    """created_at timestamp[ns], image urls null, num_example_per_prompt = rows of the split with that caption."""
+    import pyarrow as pa
+
+    out = tmp_path / "pp"
+    export.write_comparisons(iter(comparisons), "pickapic", out, export.ExportFilters(include_ties=True), chunk_size=7)
+    pickapic_v2 = ["are_different", "best_image_uid", "caption", "created_at", "has_label", "image_0_uid",
+                   "image_0_url", "image_1_uid", "image_1_url", "jpg_0", "jpg_1", "label_0", "label_1", "model_0",
+                   "model_1", "ranking_id", "user_id", "num_example_per_prompt"]
+    for split, rows in splits_of(out).items():
+        schema = pq.read_schema(out / f"{split}.parquet")
+        assert schema.names[: len(pickapic_v2)] == pickapic_v2
+        assert schema.field("created_at").type == pa.timestamp("ns") and schema.field("jpg_0").type == pa.binary()
+        assert schema.field("num_example_per_prompt").type == pa.int64()
+        frame = pd.DataFrame(rows)
+        assert (frame["num_example_per_prompt"] == frame.groupby("caption")["caption"].transform("size")).all()
+        assert frame["image_0_url"].isna().all() and frame["image_1_url"].isna().all()
+    first = splits_of(out)["train"][0]
+    c = next(c for c in opinions(comparisons) if c["choice"] in ("a", "b"))
+    assert first["created_at"] == c["created_at"].tz_convert("UTC").tz_localize(None).to_pydatetime()
+
+
+def test_pickapic_splits_load_by_name_with_datasets(tmp_path, comparisons):
     import datasets
 
-    export.write_comparisons(iter(comparisons), "pickapic", tmp_path, export.ExportFilters(include_ties=True))
-    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "train.parquet"), split="train",
-                               cache_dir=str(tmp_path / "cache"))
-    keep = expected(comparisons, True)
-    assert len(ds) == len(keep) and ds[0]["jpg_0"] == keep[0]["image_a"]
-    ties = [r for r in ds if r["choice"] == "tie"]
-    assert ties and all(r["label_0"] == r["label_1"] == 0.5 for r in ties)
+    out = tmp_path / "pp"
+    export.write_comparisons(iter(comparisons), "pickapic", out, export.ExportFilters(include_ties=True))
+    ds = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
+    ok = opinions(comparisons)
+    assert set(ds) == {"train", "ties"}
+    assert len(ds["train"]) == sum(c["choice"] in ("a", "b") for c in ok)
+    assert ds["train"][0]["jpg_0"] == next(c for c in ok if c["choice"] in ("a", "b"))["image_a"]
+    ties = datasets.load_dataset(str(out), split="ties", cache_dir=str(tmp_path / "cache"))
+    assert len(ties) == sum(c["choice"] == "tie" for c in ok) and set(ties["label_0"]) == {0.5}
 
 
-def test_trl_splits_ties_and_decodes_images(tmp_path, comparisons):
+def test_trl_rows_are_tr_ls_vision_preference_format(tmp_path, comparisons):
+    import io
+
     import datasets
     import numpy as np
     from PIL import Image
-    import io
 
-    manifest = export.write_comparisons(iter(comparisons), "trl", tmp_path, export.ExportFilters(include_ties=True))
-    check_manifest(tmp_path, manifest, comparisons)
-    keep = expected(comparisons, True, drop_both_bad=True)
-    ds = datasets.load_dataset("parquet", data_files={"train": str(tmp_path / "train.parquet"),
-                                                      "ties": str(tmp_path / "ties.parquet")},
-                               cache_dir=str(tmp_path / "cache"))
-    decisive = [c for c in keep if c["choice"] != "tie"]
-    assert len(ds["train"]) == len(decisive) and len(ds["ties"]) == len(keep) - len(decisive)
-    assert manifest["counts"]["excluded"]["both_bad"] == sum(
-        c["choice"] == "both_bad" and not c["retracted"] for c in comparisons)
-    row, c = ds["train"][0], decisive[0]
-    winner = c["image_a"] if c["choice"] == "a" else c["image_b"]
-    assert isinstance(row["chosen"], Image.Image) and len(row["images"]) == 2
-    np.testing.assert_array_equal(np.asarray(row["chosen"]), np.asarray(Image.open(io.BytesIO(winner))))
-    assert row["prompt"] == c["prompt"] and all(ds["ties"]["tie"])
+    out = tmp_path / "trl"
+    manifest = export.write_comparisons(iter(comparisons), "trl", out, export.ExportFilters(include_ties=True))
+    check_manifest(out, manifest, comparisons)
+    ok = opinions(comparisons)
+    ds = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
+    assert set(ds) == {"train", "ties", "both_bad", "skips"}
+    by_choice = {"train": ("a", "b"), "ties": ("tie",), "both_bad": ("both_bad",), "skips": ("skip",)}
+    for split, choices in by_choice.items():
+        assert ds[split]["vote_id"] == [c["vote_id"] for c in ok if c["choice"] in choices], split
+    votes = {c["vote_id"]: c for c in ok}
+    for row in ds["train"]:
+        c = votes[row["vote_id"]]
+        first = c["shown_left"] or "a"
+        second = "b" if first == "a" else "a"
+        assert row["first"] == first
+        (turn,) = row["prompt"]
+        assert turn["role"] == "user" and [p["type"] for p in turn["content"]] == ["image", "image", "text"]
+        assert c["prompt"] in turn["content"][2]["text"] and len(row["images"]) == 2
+        for img, side in zip(row["images"], (first, second)):  # the order the voter saw
+            assert isinstance(img, Image.Image)
+            np.testing.assert_array_equal(np.asarray(img), np.asarray(Image.open(io.BytesIO(c[f"image_{side}"]))))
+        won = "First" if c["choice"] == first else "Second"
+        assert row["chosen"] == [{"role": "assistant", "content": [{"type": "text", "text": won}]}]
+        assert row["rejected"][0]["content"][0]["text"] == {"First": "Second", "Second": "First"}[won]
+    for split in ("ties", "both_bad", "skips"):
+        assert all(r is None for r in ds[split]["rejected"])
+        assert {r[0]["content"][0]["text"] for r in ds[split]["chosen"]} == {export.ANSWERS[by_choice[split][0]]}
+
+
+def test_trl_without_ties_leaves_them_out(tmp_path, comparisons):
+    import datasets
+
+    manifest = export.write_comparisons(iter(comparisons), "trl", tmp_path / "t", export.ExportFilters())
+    assert set(datasets.load_dataset(str(tmp_path / "t"), cache_dir=str(tmp_path / "c"))) == {"train", "both_bad", "skips"}
+    assert manifest["counts"]["excluded"]["tie"] == sum(c["choice"] == "tie" for c in opinions(comparisons))
 
 
 def test_jsonl_round_trip_with_png_files(tmp_path, comparisons):
-    manifest = export.write_comparisons(iter(comparisons), "jsonl", tmp_path, export.ExportFilters())
-    check_manifest(tmp_path, manifest, comparisons)
-    keep = expected(comparisons, False)
-    lines = [json.loads(x) for x in (tmp_path / "comparisons.jsonl").read_text().splitlines()]
+    out = tmp_path / "j"
+    manifest = export.write_comparisons(iter(comparisons), "jsonl", out, export.ExportFilters())
+    check_manifest(out, manifest, comparisons)
+    keep = [c for c in opinions(comparisons) if c["choice"] not in ("skip", "tie")]
+    lines = [json.loads(x) for x in (out / "comparisons.jsonl").read_text().splitlines()]
     assert [x["vote_id"] for x in lines] == [c["vote_id"] for c in keep]
     for x, c in zip(lines, keep):
-        assert (tmp_path / x["image_a"]).read_bytes() == c["image_a"]
-        assert (tmp_path / x["image_b"]).read_bytes() == c["image_b"]
+        assert (out / x["image_a"]).read_bytes() == c["image_a"]
+        assert (out / x["image_b"]).read_bytes() == c["image_b"]
         assert x["choice"] == c["choice"] and x["duplicate_of"] == c["duplicate_of"]
+
+
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_votes_on_indistinct_pairs_are_never_exported(tmp_path, comparisons, fmt):
+    marked = {c["pair_id"] for c in comparisons if c["pair_id"] % 5 == 0}
+    comps = [dict(c, pair_status="indistinct" if c["pair_id"] in marked else "decided") for c in comparisons]
+    out = tmp_path / fmt
+    manifest = export.write_comparisons(iter(comps), fmt, out, export.ExportFilters(include_ties=True))
+    check_manifest(out, manifest, comps)
+    n = sum(c["pair_id"] in marked and not c["retracted"] for c in comps)
+    assert n and manifest["counts"]["excluded"]["indistinct"] == n
+    if fmt == "jsonl":
+        written = {json.loads(x)["pair_id"] for x in (out / "comparisons.jsonl").read_text().splitlines()}
+    else:
+        written = {r["pair_id"] for rows in splits_of(out).values() for r in rows}
+    assert written and not written & marked
+
+
+def test_a_failed_export_leaves_nothing_and_a_retry_works(tmp_path, comparisons):
+    def broken():
+        yield from comparisons[:30]
+        raise OSError("disk unplugged")
+
+    out = tmp_path / "exports" / "pp"
+    with pytest.raises(OSError, match="unplugged"):
+        export.write_comparisons(broken(), "pickapic", out, chunk_size=7)
+    assert not out.exists() and list((tmp_path / "exports").iterdir()) == []
+    export.write_comparisons(iter(comparisons), "pickapic", out, chunk_size=7)
+    assert (out / "train.parquet").is_file() and [p.name for p in (tmp_path / "exports").iterdir()] == ["pp"]
+    (tmp_path / "empty").mkdir()  # an existing empty directory is fine too
+    export.write_comparisons(iter(comparisons), "trl", tmp_path / "empty")
+    assert (tmp_path / "empty" / "train.parquet").is_file()
 
 
 def test_bad_input_is_one_line_error(tmp_path, comparisons):
@@ -143,8 +239,13 @@ def test_bad_input_is_one_line_error(tmp_path, comparisons):
     (tmp_path / "full" / "f").write_text("x")
     with pytest.raises(LogError, match="not empty"):
         export.write_comparisons(iter(comparisons), "jsonl", tmp_path / "full")
+    (tmp_path / "afile").write_text("keep me")
+    with pytest.raises(LogError, match="is a file") as e:
+        export.write_comparisons(iter(comparisons), "pickapic", tmp_path / "afile")
+    assert "\n" not in str(e.value) and (tmp_path / "afile").read_text() == "keep me"
     with pytest.raises(LogError, match="not a date"):
         export._parse_since("yesterday")
+    assert export.parse_judges(" hpsv2, ,imagereward ") == ("hpsv2", "imagereward") and export.parse_judges("") is None
 
 
 def test_export_refused_to_non_admins(tmp_path):
@@ -244,6 +345,19 @@ def test_database_export_peak_memory_does_not_grow_with_the_log(tmp_path):
 from pg import engine, log_url, pg_server  # noqa: E402,F401  (SQLite file and real PostgreSQL)
 
 
+def _mark_indistinct(engine, frame) -> int:
+    """The run marks a judged pair indistinct (its judge votes stay in the log); returns its id."""
+    import sqlalchemy as sa
+
+    from db import models
+
+    pair_id = int(frame.loc[frame["judge"].notna(), "pair_id"].iloc[0])
+    pairs = models.Pair.__table__
+    with engine.begin() as conn:
+        conn.execute(sa.update(pairs).where(pairs.c.id == pair_id).values(status="indistinct"))
+    return pair_id
+
+
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_export_from_the_database_loses_nothing(engine, tmp_path):
@@ -254,19 +368,69 @@ def test_export_from_the_database_loses_nothing(engine, tmp_path):
 
     SYN.write_log(engine, SYN.SyntheticSpec(n_live=16, n_gold=4, seed=5), image_size=8, retract_every=9)
     frame = votes_frame(engine)
+    indistinct = _mark_indistinct(engine, frame)
+    live = frame[~frame["retracted"] & (frame["pair_id"] != indistinct)]
+    written = {"pickapic": live["choice"].isin(["a", "b", "tie"]), "trl": live["choice"].notna(),
+               "jsonl": live["choice"] != "skip"}
     for fmt in export.FORMATS:
         manifest = export.export_log(engine, fmt, tmp_path / fmt, export.ExportFilters(include_ties=True), chunk_size=7)
         counts = manifest["counts"]
         assert counts["comparisons"] == len(frame)
         assert counts["excluded"]["retracted"] == frame["retracted"].sum() > 0
-        assert counts["excluded"]["skip"] == ((frame["choice"] == "skip") & ~frame["retracted"]).sum()
-        kept = frame[(frame["choice"] != "skip") & ~frame["retracted"]]
-        if fmt == "trl":
-            kept = kept[kept["choice"] != "both_bad"]
-        assert sum(counts["rows"].values()) == len(kept)
+        assert counts["excluded"]["indistinct"] == (~frame["retracted"] & (frame["pair_id"] == indistinct)).sum() > 0
+        assert sum(counts["rows"].values()) == written[fmt].sum()
     rows = pq.read_table(tmp_path / "pickapic" / "train.parquet").to_pylist()
-    opinions = frame[(frame["choice"] != "skip") & ~frame["retracted"]]
-    assert sorted(r["ranking_id"] for r in rows) == sorted(opinions["vote_id"])
+    assert sorted(r["ranking_id"] for r in rows) == sorted(live.loc[live["choice"].isin(["a", "b"]), "vote_id"])
     for r in rows[:: max(1, len(rows) // 10)]:
         stored = qc._pair_images(engine, r["pair_id"])
         assert (r["jpg_0"], r["jpg_1"]) == (stored["png_a"], stored["png_b"])
+
+
+@pytest.fixture(scope="module")
+def small_log(tmp_path_factory):
+    from db.engine import connect
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('log') / 'log.db'}"
+    engine = connect(url)
+    SYN.write_log(engine, SYN.SyntheticSpec(n_live=12, n_gold=2, seed=2), image_size=8, retract_every=0)
+    return url, engine
+
+
+def test_humans_only_and_judges_filters(small_log, tmp_path):
+    """--humans-only keeps people's votes, --judges those judges' votes, both together the union."""
+    from db.read import votes_frame
+
+    _, engine = small_log
+    frame = votes_frame(engine)
+    judge = frame["judge"].dropna().iloc[0]
+    people, judged = frame["annotator"].notna(), frame["judge"] == judge
+    assert people.any() and judged.any() and (frame["judge"].notna() & ~judged).any()
+    cases = {"people": (export.ExportFilters(humans_only=True), people),
+             "judge": (export.ExportFilters(judges=(judge,)), judged),
+             "both": (export.ExportFilters(humans_only=True, judges=(judge,)), people | judged)}
+    for name, (filters, selected) in cases.items():
+        manifest = export.export_log(engine, "jsonl", tmp_path / name, filters)
+        assert manifest["counts"]["comparisons"] == selected.sum(), name
+        lines = [json.loads(x) for x in (tmp_path / name / "comparisons.jsonl").read_text().splitlines()]
+        kept = frame[selected & ~frame["choice"].isin(["skip", "tie"])]
+        assert sorted(x["vote_id"] for x in lines) == sorted(kept["vote_id"]), name
+    rows = pq.read_table(tmp_path / "pp" / "train.parquet").to_pylist() if export.export_log(
+        engine, "pickapic", tmp_path / "pp", export.ExportFilters(humans_only=True)) else []
+    assert rows and all(r["user_id"] > 0 and r["judge"] is None for r in rows)
+
+
+def test_export_cli_filters_and_refusals(small_log, tmp_path, capsys):
+    from dreamdpo.cli import main
+
+    url, _ = small_log
+    assert main(["export", "--format", "trl", "--out", str(tmp_path / "t"), "--db", url, "--humans-only",
+                 "--include-ties"]) == 0
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert manifest["filters"]["humans_only"] and manifest["filters"]["include_ties"]
+    assert "exported" in capsys.readouterr().out
+    (tmp_path / "a-file").write_text("keep me")
+    assert main(["export", "--format", "pickapic", "--out", str(tmp_path / "a-file"), "--db", url]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file" in err[0] and (tmp_path / "a-file").read_text() == "keep me"
+    assert main(["export", "--format", "jsonl", "--out", str(tmp_path / "j"), "--db", url, "--judges", "toy-judge"]) == 0
+    assert json.loads((tmp_path / "j" / "manifest.json").read_text())["filters"]["judges"] == ["toy-judge"]

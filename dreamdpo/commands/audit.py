@@ -8,11 +8,16 @@ import pandas as pd
 
 def add_commands(subparsers) -> None:
     exp = subparsers.add_parser("export", help="export the preference log as a dataset")
-    exp.add_argument("--format", required=True, choices=["pickapic", "trl", "jsonl"])
+    exp.add_argument("--format", required=True, choices=["pickapic", "trl", "jsonl"],
+                     help="pickapic: image-generator preference training (DiffusionDPO, PickScore); "
+                          "trl: a vision-language judge with trl.DPOTrainer; jsonl: everything, PNG files")
     exp.add_argument("--out", required=True, help="new or empty directory")
     exp.add_argument("--run", type=int, default=None, help="only this run")
     exp.add_argument("--since", default=None, help="only votes from this date on (YYYY-MM-DD)")
-    exp.add_argument("--include-ties", action="store_true", help="keep ties (TRL: in their own split)")
+    exp.add_argument("--include-ties", action="store_true", help="keep ties, in their own split 'ties'")
+    exp.add_argument("--humans-only", action="store_true", help="only people's votes (with --judges: and theirs)")
+    exp.add_argument("--judges", default=None, metavar="NAME[,NAME]",
+                     help="only these model judges' votes (with --humans-only: and people's)")
     exp.add_argument("--db", default=None, help="database URL (default: the local SQLite log)")
     exp.set_defaults(handler=run_export)
 
@@ -30,7 +35,8 @@ def run_export(args: argparse.Namespace) -> int:
     from db import export
     from db.engine import connect
 
-    filters = export.ExportFilters(run_id=args.run, since=args.since, include_ties=args.include_ties)
+    filters = export.ExportFilters(run_id=args.run, since=args.since, include_ties=args.include_ties,
+                                   humans_only=args.humans_only, judges=export.parse_judges(args.judges))
     manifest = export.export_log(connect(args.db), args.format, args.out, filters)
     counts = manifest["counts"]
     rows = ", ".join(f"{k}: {v}" for k, v in counts["rows"].items()) or "no rows"
