@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 RUN_STATUSES = ("pending", "running", "paused", "cancelled", "finished", "failed")
-PAIR_STATUSES = ("pending", "decided", "expired", "cancelled")
+PAIR_STATUSES = ("pending", "decided", "expired", "cancelled", "indistinct")
 PAIR_KINDS = ("live", "audit", "gold", "duplicate", "arena")
 CHOICES = ("a", "b", "tie", "both_bad", "skip")
 WINNERS = ("a", "b", "tie")
@@ -70,6 +70,9 @@ class Run(Base):
     status: Mapped[str] = mapped_column(sa.String(20), default="pending")
     step: Mapped[int] = mapped_column(sa.Integer, default=0)
     metrics: Mapped[dict | None] = mapped_column(sa.JSON)
+    # what --resume checks: sha256 of (prompt, config without run-local keys, out dir)
+    fingerprint: Mapped[str | None] = mapped_column(sa.String(64))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the optimizer's last sign of life
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     __table_args__ = (sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in RUN_STATUSES)})",
@@ -106,6 +109,9 @@ class Pair(Base):
     duplicate_of: Mapped[int | None] = mapped_column(sa.ForeignKey("pairs.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # mean absolute pixel difference of the two candidates' PNGs in [0, 1]; status 'indistinct' when a
+    # person could not tell them apart (never shown, never a vote, never exported as a labelled row)
+    distance: Mapped[float | None] = mapped_column(sa.Float)
     __table_args__ = (
         sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in PAIR_STATUSES)})", name="ck_pairs_status"),
         sa.CheckConstraint(f"kind IN ({', '.join(repr(s) for s in PAIR_KINDS)})", name="ck_pairs_kind"),

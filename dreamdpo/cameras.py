@@ -97,6 +97,11 @@ class Cameras:
             for e, a, d, f in zip(self.elevation, self.azimuth, self.distance, self.fovy)
         ]
 
+    @classmethod
+    def from_dicts(cls, rows: list[dict]) -> "Cameras":
+        """Inverse of as_dicts (a logged pair's cameras, to regenerate or re-judge it)."""
+        return cls(*(torch.tensor([float(r[k]) for r in rows]) for k in ("elevation", "azimuth", "distance", "fovy")))
+
 
 def _uniform(lo_hi: tuple[float, float], n: int, generator: torch.Generator | None) -> Tensor:
     lo, hi = lo_hi

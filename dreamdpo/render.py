@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamdpo.cameras import Cameras
+from dreamdpo.seeding import Stream, step_seed
 from dreamdpo.field import NeRFField
 
 
@@ -87,7 +88,7 @@ class Renderer(nn.Module):
         device = next(self.field.parameters()).device
         step_size = self._step_size(device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed * 1_000_003 + step)
+            torch.manual_seed(step_seed(seed, step, Stream.OCCUPANCY))
             self.estimator.update_every_n_steps(
                 step, occ_eval_fn=lambda x: self.field.density(x) * step_size,
                 occ_thre=self.cfg.occ_threshold, n=self.cfg.occ_every)

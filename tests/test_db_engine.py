@@ -5,6 +5,7 @@ import hashlib
 import multiprocessing as mp
 import sqlite3
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -57,7 +58,7 @@ def test_an_older_revision_asks_for_upgrade(tmp_path, monkeypatch):
     path = str(tmp_path / "log.sqlite")
     db_engine.connect(path).dispose()
     db_engine._ENGINES.clear()
-    monkeypatch.setattr(db_engine, "_head", lambda: "0002")
+    monkeypatch.setattr(db_engine, "_head", lambda: "ffff")
     with pytest.raises(LogError, match="run `dreamdpo db upgrade`"):
         db_engine.connect(path)
     monkeypatch.undo()
@@ -67,6 +68,33 @@ def test_an_older_revision_asks_for_upgrade(tmp_path, monkeypatch):
     con.close()
     with pytest.raises(LogError, match="newer than this dreamdpo"):
         db_engine.connect(path)
+
+
+def test_upgrade_from_the_first_revision_keeps_rows_and_allows_indistinct_pairs(tmp_path):
+    from alembic import command
+
+    path = tmp_path / "old.sqlite"
+    url = f"sqlite:///{path}"
+    cfg = db_engine._alembic_config()
+    with sa.create_engine(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.exec_driver_sql("INSERT INTO runs (prompt, backbone, status, step, created_at, updated_at) "
+                             "VALUES ('a cube', 'toy', 'finished', 3, '2026-01-01', '2026-01-01')")
+    with pytest.raises(LogError, match="run `dreamdpo db upgrade`"):
+        db_engine.connect(str(path))
+    assert db_engine.upgrade(str(path)) == db_engine._head()
+    eng = db_engine.connect(str(path))
+    assert queue.get_run(eng, 1)["prompt"] == "a cube"
+    from dreamdpo.images import png_bytes
+
+    png = png_bytes(np.zeros((4, 4, 3), np.uint8))
+    pair = queue.post_pair(eng, 1, 0, png, png)
+    with eng.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE pairs SET status = 'indistinct', distance = 0.0 WHERE id = {pair}")
+        with pytest.raises(sa.exc.IntegrityError):
+            with conn.begin_nested():
+                conn.exec_driver_sql(f"UPDATE pairs SET status = 'lost' WHERE id = {pair}")
 
 
 def test_engine_is_fork_safe(tmp_path):

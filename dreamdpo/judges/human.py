@@ -23,7 +23,6 @@ recorder does not post it twice. Left/right shuffling is the app's business, not
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,6 +32,7 @@ from torch import Tensor
 from dreamdpo.errors import UserError
 from dreamdpo.images import views_png
 from dreamdpo.judges.base import Judge, JudgeContext, Judgement
+from dreamdpo.seeding import Stream, rng
 
 FALLBACKS = ("model", "pull", "skip")
 CONTROL_POLL_S = 0.5  # how often a waiting judge checks whether the run was cancelled
@@ -102,7 +102,7 @@ class HumanJudge(Judge):
     # ---- cadence ----
     def _audit_draw(self, step: int) -> bool:
         """Seeded per step, so a resumed run audits the same steps."""
-        return self.policy.audit_rate > 0 and random.Random(self.seed * 1_000_003 + step).random() < self.policy.audit_rate
+        return self.policy.audit_rate > 0 and rng(self.seed, step, Stream.AUDIT).random() < self.policy.audit_rate
 
     def compare(self, images_a: Tensor, images_b: Tensor, prompt: str, context: JudgeContext | None = None) -> Judgement:
         ctx = context or JudgeContext()
@@ -157,7 +157,7 @@ class HumanJudge(Judge):
 
             qc.mix_in(self.engine, ctx.run_id,
                       qc.QCConfig(self.policy.gold_rate, self.policy.duplicate_rate, self.policy.votes_needed),
-                      rng=random.Random(self.seed * 1_000_003 + ctx.step + 1))
+                      rng=rng(self.seed, ctx.step, Stream.QC))
         t0 = time.monotonic()
         decision, cancelled = self._wait(pair_id, ctx.run_id)
         waited = time.monotonic() - t0

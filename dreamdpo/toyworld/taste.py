@@ -1,0 +1,84 @@
+"""A simulated person with a hidden taste: the steerability benchmark's annotator.
+
+The taste is something the prompt does not name: a colour for a shape-only prompt ("a cube"), or a
+shape for a colour-only prompt ("a red object"). The person prefers the candidate whose visible
+object is closer to it, and says "tie" when the two are equally close, as a person would. The
+score uses the evaluator's own pieces (foreground, shading lines, analytic silhouettes), never the
+toy reward, so a run steered by this person is measured by something that is not its judge.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dreamdpo.cameras import Cameras
+from dreamdpo.judges.base import Judge, JudgeContext, Judgement
+from dreamdpo.toyworld.evaluate import EVAL_RES, _iou, _silhouettes, foreground
+from dreamdpo.toyworld.render import Placed
+from dreamdpo.toyworld.vocab import COLOURS, SHAPES
+
+TIE_BELOW = 0.01  # score differences a person cannot see (colour distance, or IoU)
+
+
+@dataclass(frozen=True)
+class Taste:
+    colour: str | None = None
+    shape: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.colour is None) == (self.shape is None):
+            raise ValueError("a taste is one colour or one shape")
+        if self.colour is not None and self.colour not in COLOURS:
+            raise ValueError(f"unknown colour {self.colour!r}; one of {', '.join(COLOURS)}")
+        if self.shape is not None and self.shape not in SHAPES:
+            raise ValueError(f"unknown shape {self.shape!r}; one of {', '.join(SHAPES)}")
+
+    @property
+    def word(self) -> str:
+        return self.colour or self.shape or ""
+
+    def score(self, images: Tensor, cameras: Cameras | None = None) -> Tensor:
+        """[V,3,H,W] in [0,1] → [V]: higher is closer to the taste (colour: minus the mean distance of
+        the object's pixels to the colour's shading line; shape: silhouette IoU from the same camera)."""
+        imgs = images.detach().float().cpu().clamp(0, 1)
+        if imgs.shape[-1] != EVAL_RES:
+            imgs = torch.nn.functional.interpolate(imgs, size=(EVAL_RES, EVAL_RES), mode="area")
+        fg = foreground(imgs)
+        if self.shape is not None:
+            if cameras is None:
+                raise ValueError("a shape taste needs the cameras of the views")
+            sil = _silhouettes([Placed(self.shape)], cameras.to("cpu"))[0]
+            return _iou(sil, fg)
+        c = torch.tensor(COLOURS[self.colour])
+        out = torch.full((imgs.shape[0],), -1.0)
+        for v in range(imgs.shape[0]):
+            pix = imgs[v].permute(1, 2, 0)[fg[v]]
+            if len(pix):
+                k = ((pix @ c) / (c @ c)).clamp(0.25, 1.3)
+                out[v] = -(pix - k[:, None] * c).norm(dim=-1).mean()
+        return out
+
+    def choose(self, images_a: Tensor, images_b: Tensor, cameras: Cameras | None = None) -> str:
+        """'a', 'b' or 'tie', comparing the mean score over views."""
+        d = float(self.score(images_a, cameras).mean() - self.score(images_b, cameras).mean())
+        if abs(d) < TIE_BELOW:
+            return "tie"
+        return "a" if d > 0 else "b"
+
+
+class TasteJudge(Judge):
+    """The simulated person judging in-process, mapped as the human judge maps one clear vote:
+    a winner with gap 1 (push-pull), or a tie with gap 0 (pull only)."""
+
+    name = "taste"
+
+    def __init__(self, taste: Taste):
+        self.taste = taste
+
+    def compare(self, images_a: Tensor, images_b: Tensor, prompt: str, context: JudgeContext | None = None) -> Judgement:
+        cams = Cameras.from_dicts(context.cameras) if context is not None and context.cameras else None
+        choice = self.taste.choose(images_a, images_b, cams)
+        return Judgement(winner=choice, gap=0.0 if choice == "tie" else 1.0, judge=self.name,  # type: ignore[arg-type]
+                         extra={"source": self.name})
