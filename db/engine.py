@@ -108,7 +108,6 @@ def _sqlite_setup(engine: sa.Engine, path: Path | None) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
@@ -197,6 +196,7 @@ def connect(url: str | None = None) -> sa.Engine:
     rev, has_tables = _current_revision(engine)
     head = _head()
     if rev is None and not has_tables:
+        _use_wal(engine)
         try:
             _upgrade(engine)
         except sa.exc.DBAPIError:  # another process created the schema at the same moment
@@ -207,8 +207,24 @@ def connect(url: str | None = None) -> sa.Engine:
         if rev != head:
             raise LogError(f"the log at {_describe(url)} is at revision {rev}, this dreamdpo needs {head}; "
                            "run `dreamdpo db upgrade`")
+        _use_wal(engine)
     _ENGINES[url] = (os.getpid(), engine)
     return engine
+
+
+def _use_wal(engine: sa.Engine) -> None:
+    """WAL is stored in the file: set once the file is known to be a dreamdpo log (or empty), so that
+    opening someone else's database never rewrites its header."""
+    if engine.dialect.name != "sqlite" or _sqlite_path(engine.url) is None:
+        return
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            cur.execute("PRAGMA journal_mode = WAL")
+        cur.close()
+    finally:
+        raw.close()
 
 
 def _check_ours(url: str, rev: str | None, has_tables: bool) -> None:
@@ -240,6 +256,7 @@ def upgrade(url: str | None = None) -> str:
     try:
         rev, has_tables = _current_revision(engine)  # one-line errors for bad files and unreachable servers
         _check_ours(url, rev, has_tables)  # never write into a foreign or a newer database
+        _use_wal(engine)
         _upgrade(engine)
         return _current_revision(engine)[0]
     finally:
