@@ -86,20 +86,26 @@ COMPARISON_FIELDS = ("vote_id", "pair_id", "run_id", "step", "kind", "pair_statu
 def iter_comparisons(engine, filters: ExportFilters = ExportFilters(), chunk_size: int = CHUNK) -> Iterator[dict]:
     """Every vote with its pair, run, annotator and both images' bytes, oldest first, streamed."""
     stmt = comparisons_query(engine, filters)
-    with engine.connect() as conn:
+    with engine.connect().execution_options(readonly=True) as conn:  # an export never takes the write lock
         result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(stmt)
         for row in result.mappings():
             yield dict(row)
 
 
-def comparisons_query(engine, filters: ExportFilters = ExportFilters()):
-    """SELECT of every vote joined to its pair, run, annotator and both images, oldest first."""
+def comparisons_query(engine, filters: ExportFilters = ExportFilters(), images: bool = True):
+    """SELECT of every vote joined to its pair, run, annotator and both images, oldest first.
+    images=False: only what `route` and the per-prompt counts read (no image bytes), same filters."""
     import sqlalchemy as sa
 
     from db import models
 
     v, p, r, a = models.Vote.__table__, models.Pair.__table__, models.Run.__table__, models.Annotator.__table__
     img_a, img_b = models.Image.__table__.alias("img_a"), models.Image.__table__.alias("img_b")
+    if not images:
+        retracted = (v.c.retracted if "retracted" in v.c else sa.literal(False)).label("retracted")
+        stmt = (sa.select(r.c.prompt, v.c.choice, p.c.status.label("pair_status"), retracted)
+                .select_from(v.join(p, v.c.pair_id == p.c.id).join(r, p.c.run_id == r.c.id)))
+        return _where(stmt, filters, v, p)
     stmt = (
         sa.select(
             v.c.id.label("vote_id"), p.c.id.label("pair_id"), p.c.run_id, p.c.step, p.c.kind,
@@ -116,6 +122,13 @@ def comparisons_query(engine, filters: ExportFilters = ExportFilters()):
                      .outerjoin(a, v.c.annotator_id == a.c.id))
         .order_by(v.c.id)
     )
+    return _where(stmt, filters, v, p)
+
+
+def _where(stmt, filters: ExportFilters, v, p):
+    """The run, since and vote-source filters, the same for both queries."""
+    import sqlalchemy as sa
+
     if filters.run_id is not None:
         stmt = stmt.where(p.c.run_id == filters.run_id)
     since = _parse_since(filters.since)
@@ -171,6 +184,17 @@ def route(fmt: str, c: dict, include_ties: bool) -> tuple[str | None, str | None
             return None, "both_bad"  # no winner: DiffusionDPO would train it as "jpg_1 wins"
         return ("ties" if choice == "tie" else "train"), None
     return "comparisons", None
+
+
+def examples_per_prompt(comparisons: Iterable[dict], fmt: str, include_ties: bool) -> dict[str, dict[str, int]]:
+    """split → caption → rows that `route` sends there (Pick-a-Pic's num_example_per_prompt)."""
+    counts: dict[str, dict[str, int]] = {}
+    for c in comparisons:
+        split, _ = route(fmt, c, include_ties)
+        if split is not None:
+            per_split = counts.setdefault(split, {})
+            per_split[c["prompt"]] = per_split.get(c["prompt"], 0) + 1
+    return counts
 
 
 # ----------------------------------------------------------------------------- row layouts
@@ -383,10 +407,14 @@ def _check_out(out: Path) -> None:
 
 
 def write_comparisons(comparisons: Iterable[dict], fmt: str, out_dir: str | Path,
-                      filters: ExportFilters = ExportFilters(), chunk_size: int = CHUNK) -> dict:
+                      filters: ExportFilters = ExportFilters(), chunk_size: int = CHUNK,
+                      prompt_counts: dict[str, dict[str, int]] | None = None) -> dict:
     """Write an export from a stream of comparisons; returns (and writes) the manifest.
 
-    Written into a hidden sibling folder, renamed to `out_dir` when complete; removed on failure."""
+    Written into a hidden sibling folder, renamed to `out_dir` when complete; removed on failure.
+    prompt_counts: `examples_per_prompt` of the same stream, when the caller can count it cheaply
+    beforehand (export_log does, without the images); otherwise Pick-a-Pic files are rewritten once
+    at the end to fill num_example_per_prompt."""
     if fmt not in FORMATS:
         raise LogError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = Path(out_dir)
@@ -394,7 +422,7 @@ def write_comparisons(comparisons: Iterable[dict], fmt: str, out_dir: str | Path
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        manifest = _write(comparisons, fmt, tmp, filters, chunk_size)
+        manifest = _write(comparisons, fmt, tmp, filters, chunk_size, prompt_counts)
         _check_out(out)
         if out.is_dir():
             out.rmdir()
@@ -405,7 +433,8 @@ def write_comparisons(comparisons: Iterable[dict], fmt: str, out_dir: str | Path
     return manifest
 
 
-def _write(comparisons: Iterable[dict], fmt: str, out: Path, filters: ExportFilters, chunk_size: int) -> dict:
+def _write(comparisons: Iterable[dict], fmt: str, out: Path, filters: ExportFilters, chunk_size: int,
+           prompt_counts: dict[str, dict[str, int]] | None) -> dict:
     counts = ExportCounts()
     per_prompt: dict[str, dict[str, int]] = {}
     parquet = None
@@ -424,7 +453,10 @@ def _write(comparisons: Iterable[dict], fmt: str, out: Path, filters: ExportFilt
                 continue
             counts.keep(split, c["choice"])
             if fmt == "pickapic":
-                parquet.add(split, pickapic_row(c))
+                row = pickapic_row(c)
+                if prompt_counts is not None:
+                    row["num_example_per_prompt"] = prompt_counts.get(split, {}).get(c["prompt"], 0)
+                parquet.add(split, row)
                 prompts = per_prompt.setdefault(split, {})
                 prompts[c["prompt"]] = prompts.get(c["prompt"], 0) + 1
             elif fmt == "trl":
@@ -442,8 +474,8 @@ def _write(comparisons: Iterable[dict], fmt: str, out: Path, filters: ExportFilt
         else:
             jsonl.close()
     if parquet is not None:
-        for split in splits:
-            if fmt == "pickapic":
+        if fmt == "pickapic" and prompt_counts != per_prompt:  # not counted beforehand (or the log changed since)
+            for split in splits:
                 fill_examples_per_prompt(parquet.path(split), per_prompt[split])
         (out / "README.md").write_text(dataset_card(fmt, splits))
         files = [out / "README.md"] + [parquet.path(s) for s in splits]
@@ -477,7 +509,12 @@ def export_log(engine, fmt: str, out_dir: str | Path, filters: ExportFilters = E
                user: dict | None = None, chunk_size: int = CHUNK) -> dict:
     """Export the log (streamed) in one format; `user` is the caller's identity when not a local admin."""
     require_admin(user)
-    return write_comparisons(iter_comparisons(engine, filters, chunk_size), fmt, out_dir, filters, chunk_size)
+    counts = None
+    if fmt == "pickapic":  # one cheap pass without images, so that the parquet files are written once
+        with engine.connect() as conn:
+            rows = conn.execute(comparisons_query(engine, filters, images=False)).mappings()
+            counts = examples_per_prompt(rows, fmt, filters.include_ties)
+    return write_comparisons(iter_comparisons(engine, filters, chunk_size), fmt, out_dir, filters, chunk_size, counts)
 
 
 def zip_export(out_dir: str | Path) -> bytes:

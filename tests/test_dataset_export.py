@@ -342,7 +342,6 @@ def test_database_export_peak_memory_does_not_grow_with_the_log(tmp_path):
     assert peaks[40000] - peaks[20000] < 25, peaks  # the images alone grow by ~120 MB
 
 
-from pg import engine, log_url, pg_server  # noqa: E402,F401  (SQLite file and real PostgreSQL)
 
 
 def _mark_indistinct(engine, frame) -> int:
@@ -414,9 +413,11 @@ def test_humans_only_and_judges_filters(small_log, tmp_path):
         lines = [json.loads(x) for x in (tmp_path / name / "comparisons.jsonl").read_text().splitlines()]
         kept = frame[selected & ~frame["choice"].isin(["skip", "tie"])]
         assert sorted(x["vote_id"] for x in lines) == sorted(kept["vote_id"]), name
-    rows = pq.read_table(tmp_path / "pp" / "train.parquet").to_pylist() if export.export_log(
-        engine, "pickapic", tmp_path / "pp", export.ExportFilters(humans_only=True)) else []
-    assert rows and all(r["user_id"] > 0 and r["judge"] is None for r in rows)
+    export.export_log(engine, "pickapic", tmp_path / "pp", export.ExportFilters(humans_only=True, include_ties=True))
+    for split in ("train", "ties"):  # counted by export_log's image-less pass, before the files are written
+        rows = pd.read_parquet(tmp_path / "pp" / f"{split}.parquet")
+        assert len(rows) and (rows["user_id"] > 0).all() and rows["judge"].isna().all()
+        assert (rows["num_example_per_prompt"] == rows.groupby("caption")["caption"].transform("size")).all()
 
 
 def test_export_cli_filters_and_refusals(small_log, tmp_path, capsys):
