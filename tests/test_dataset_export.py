@@ -124,6 +124,10 @@ def test_pickapic_column_types_and_counts_are_pick_a_pics(tmp_path, comparisons)
         frame = pd.DataFrame(rows)
         assert (frame["num_example_per_prompt"] == frame.groupby("caption")["caption"].transform("size")).all()
         assert frame["image_0_url"].isna().all() and frame["image_1_url"].isna().all()
+    stale = tmp_path / "stale"  # counts taken before more votes came in are corrected, not trusted
+    export.write_comparisons(iter(comparisons), "pickapic", stale, export.ExportFilters(include_ties=True),
+                             prompt_counts={"train": {"prompt 1": 1}})
+    assert splits_of(stale) == splits_of(out)
     first = splits_of(out)["train"][0]
     c = next(c for c in opinions(comparisons) if c["choice"] in ("a", "b"))
     assert first["created_at"] == c["created_at"].tz_convert("UTC").tz_localize(None).to_pydatetime()
