@@ -130,6 +130,13 @@ def render(engine, user: dict) -> None:
     st.caption("P(left chosen) with a two-sided binomial test against 0.5.")
     st.dataframe(s.judge_flips.rename_axis("judge"))
     st.caption("Model judges asked in both orders (swapped duplicates): share of verdicts that flip.")
+    st.dataframe(s.order_disagreement)
+    st.caption("Judges that ask each pair in both orders (A/B, then B/A): share of pairs whose two orders "
+               "disagree (then the verdict is a tie) and P(first shown chosen).")
+    if not s.judge_judge_agreement.empty:
+        st.subheader("Agreement between judges")
+        st.dataframe(s.judge_judge_agreement, hide_index=True)
+        st.caption("Model judges on the same pairs (ensemble members): share of equal choices and Cohen's κ.")
 
     st.subheader("Annotators")
     st.dataframe(s.annotators)

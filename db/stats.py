@@ -198,7 +198,7 @@ def order_disagreement(frame: pd.DataFrame) -> pd.DataFrame:
     if votes.empty:
         return pd.DataFrame(columns=cols).rename_axis("judge")
     wide = votes.drop_duplicates(["pair_id", "base", "order"], keep="last").pivot(
-        index=["base", "pair_id"], columns="order", values="choice").dropna()
+        index=["base", "pair_id"], columns="order", values="choice").reindex(columns=["ab", "ba"]).dropna()
     decisive = votes[votes["choice"].isin(DECISIVE)]
     first = np.where(decisive["order"] == "ab", decisive["choice"] == "a", decisive["choice"] == "b")
     p_first = pd.Series(first, index=decisive.index).groupby(decisive["base"]).mean()

@@ -75,6 +75,9 @@ def format_audit(data) -> str:
             "\n== position bias: P(left chosen), binomial test vs 0.5",
             _table(pd.concat({"annotator": s.position_annotators, "judge": s.position_judges})),
             "\n== model judges asked in both orders (flip rate)", _table(s.judge_flips),
+            "\n== judges asking each pair in both orders (order disagreement, P(first shown chosen))",
+            _table(s.order_disagreement),
+            "\n== agreement between judges on the same pairs", _table(s.judge_judge_agreement, False),
             "\n== annotators", _table(s.annotators, empty="(no human votes)"),
         ]
         if not s.annotators.empty and s.annotators["flagged"].any():

@@ -140,9 +140,10 @@ def _load_member(m: Member, name: str, device, weights: str | None, lmm):
     elif m.kind == "lmm-api":
         from dreamdpo.judges.lmm import LMMJudge
 
-        judge = LMMJudge.api(m.arg, config=lmm, name=name)
+        judge = LMMJudge.api(m.arg, config=lmm)
     else:  # parse_spec let through a kind without a loader
         raise UserError(f"judge '{m.kind}' cannot be built here; choose one of: {JUDGE_HELP}")
-    if judge.name != name:
-        judge.name = name
+    if m.kind == "lmm-api" and m.arg is None:  # the model came from $DREAMDPO_LMM_MODEL: log its name
+        name = judge.name + name[len(m.name):]
+    judge.name = name
     return judge

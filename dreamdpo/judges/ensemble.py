@@ -141,7 +141,7 @@ def estimate(judge: Judge, prompt: str, n_compares: int, n_views: int, resolutio
             calls += n_compares
     line = f"judge {inner.name}: {n_compares} comparisons, about {calls} model calls"
     if tokens:
-        line += f" and {tokens / 1e6:.2f}M tokens"
+        line += f" and {tokens / 1e6:.1f}M tokens" if tokens >= 1e5 else f" and {tokens:,} tokens"
     if max_calls is not None and calls > max_calls:
         per = calls / max(n_compares, 1)
         line += (f"; judge_max_calls={max_calls} hands over after about {math.floor(max_calls / per)} comparisons"
