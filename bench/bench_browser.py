@@ -10,7 +10,6 @@ Usage: .venv/bin/python bench/bench_browser.py [--n 20] [--burst 40]
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import threading
 import time
@@ -21,17 +20,14 @@ import numpy as np
 import sqlalchemy as sa
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from db import accounts, queue  # noqa: E402
-from db.engine import connect  # noqa: E402
-from db.models import Vote  # noqa: E402
-from dreamdpo.commands.annotate import start_app, stop_app, wait_ready  # noqa: E402
-from dreamdpo.images import png_bytes  # noqa: E402
-from dreamdpo.judges.base import JudgeContext  # noqa: E402
-from dreamdpo.judges.human import HumanJudge, HumanPolicy  # noqa: E402
-from test_browser import CHROMIUM, FLAGS, free_port, press, sign_in, wait_pair  # noqa: E402
+from annotator.browser import free_port, launch, press, sign_in, wait_pair
+from db import accounts, queue
+from db.engine import connect
+from db.models import Vote
+from dreamdpo.commands.annotate import start_app, stop_app, wait_ready
+from dreamdpo.images import png_bytes
+from dreamdpo.judges.base import JudgeContext
+from dreamdpo.judges.human import HumanJudge, HumanPolicy
 
 
 def pct(xs, q):
@@ -58,7 +54,7 @@ def main() -> None:
         wait_ready(proc, port)
         base = f"http://127.0.0.1:{port}"
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            browser = launch(p)
             token = accounts.add_annotator(engine, "bench")
             context, page = sign_in(browser, base, token)
             page.get_by_text("No pairs are waiting for you").wait_for(timeout=30_000)

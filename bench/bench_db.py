@@ -1,6 +1,6 @@
 """Preference-log speed (issue 2): votes/s with 8 annotator processes, p95 of claim_next and vote
 with a big log (default 100k pairs, 1M votes), p95 from decision written to wait_for_decision
-returning. SQLite file and a throw-away PostgreSQL (tests/pg.py) unless --engines says otherwise.
+returning. SQLite file and a throw-away PostgreSQL (db/pg_cluster.py) unless --engines says otherwise.
 
     python bench/bench_db.py [--engines sqlite,postgresql] [--pairs 100000] [--votes 1000000]
 """
@@ -11,20 +11,15 @@ import io
 import multiprocessing as mp
 import random
 import statistics
-import sys
 import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import sqlalchemy as sa
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from db import accounts, queue  # noqa: E402
-from db.engine import connect  # noqa: E402
-from db.models import Decision, Pair, Vote, utcnow  # noqa: E402
+from db import accounts, queue
+from db.engine import connect
+from db.models import Decision, Pair, Vote, utcnow
 
 CTX = mp.get_context("fork")
 
@@ -191,7 +186,7 @@ def run_all(args, servers: list) -> None:
                 def url_for(tag, tmp=tmp):
                     return f"sqlite:///{tmp}/{tag}.sqlite"
             else:
-                from pg import PostgresServer
+                from db.pg_cluster import PostgresServer
 
                 if not servers:
                     servers.append(PostgresServer())

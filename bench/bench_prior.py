@@ -4,7 +4,7 @@
     python bench/bench_prior.py --device cuda --arch sd21  # SD 2.1-base architecture, random weights
     python bench/bench_prior.py --device cuda --arch mvdream --batches 4 8  # MVDream architecture (4 views)
 
-`--arch tiny` writes the tiny test model (tests/tiny_models.py) to a temp dir and loads it through
+`--arch tiny` writes the tiny model (dreamdpo/priors/tiny.py) to a temp dir and loads it through
 StableDiffusionPrior.from_pretrained, as users load real weights. `--arch sd21` builds the SD 2.1-base
 U-Net, VAE and text encoder from their configs with random weights (no hub here): timings only.
 Batch N = N latents, so the U-Net sees 2N (cond + negative); a DreamDPO pair of V views is N = 2V.
@@ -15,18 +15,14 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from dreamdpo.cameras import CameraConfig, random_cameras  # noqa: E402
-from dreamdpo.priors.stable_diffusion import StableDiffusionPrior  # noqa: E402
+from dreamdpo.cameras import CameraConfig, random_cameras
+from dreamdpo.priors.stable_diffusion import StableDiffusionPrior
 
 
 def sd21_prior(device: torch.device, resolution: int | None = None, mvdream: bool = False) -> StableDiffusionPrior:
@@ -36,7 +32,7 @@ def sd21_prior(device: torch.device, resolution: int | None = None, mvdream: boo
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from dreamdpo.priors.mvdream import MVDreamPrior, mvdream_unet_config
-    from tiny_models import write_clip_tokenizer
+    from dreamdpo.priors.tiny import write_clip_tokenizer
 
     unet_cfg = dict(
         sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
@@ -89,7 +85,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     if args.arch == "tiny":
-        from tiny_models import make_tiny_sd
+        from dreamdpo.priors.tiny import make_tiny_sd
 
         prior = StableDiffusionPrior.from_pretrained(make_tiny_sd(Path(tempfile.mkdtemp()) / "tiny"), device=device,
                                                  resolution=args.resolution)

@@ -2,7 +2,7 @@
 
     python bench/bench_step.py [--device cpu|cuda] [--steps 30] [--resolution 64]
 
-Same tiny random-weight latent SD prior (tests/tiny_models.py), same field, same cameras. Prints:
+Same tiny random-weight latent SD prior (dreamdpo/priors/tiny.py), same field, same cameras. Prints:
 - whole-step medians for SDS and DreamDPO (runs interleaved in blocks so machine load hits both);
 - the parts measured on their own: render fwd+bwd, one batched prior call for the pair, decode of
   both x̂0, the judge's compare (toy reward), and their sum;
@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from bench_render import timed  # bench/ is on sys.path when run as a script
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from bench_render import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
-from tiny_models import make_tiny_sd  # noqa: E402
-
-from dreamdpo.cameras import CameraConfig, random_cameras  # noqa: E402
-from dreamdpo.config import load_config  # noqa: E402
-from dreamdpo.optimize import build_scene, load_prior, optimize  # noqa: E402
-from dreamdpo.toyworld.reward import ToyRewardJudge  # noqa: E402
+from dreamdpo.cameras import CameraConfig, random_cameras
+from dreamdpo.config import load_config
+from dreamdpo.optimize import build_scene, load_prior, optimize
+from dreamdpo.priors.tiny import make_tiny_sd
+from dreamdpo.toyworld.reward import ToyRewardJudge
 
 
 def main() -> None:

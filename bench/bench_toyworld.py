@@ -11,23 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dreamdpo.cameras import CameraConfig, orbit_cameras, random_cameras  # noqa: E402
-from dreamdpo.toyworld.bank import BankConfig, build_bank  # noqa: E402
-from dreamdpo.toyworld.evaluate import evaluate_views  # noqa: E402
-from dreamdpo.toyworld.prior import ToyPrior  # noqa: E402
-from dreamdpo.toyworld.render import render  # noqa: E402
-from dreamdpo.toyworld.reward import ASSET_DIR, ToyRewardJudge  # noqa: E402
-from dreamdpo.toyworld.vocab import parse_prompt  # noqa: E402
+from dreamdpo.cameras import CameraConfig, orbit_cameras, random_cameras
+from dreamdpo.toyworld.bank import BankConfig, build_bank
+from dreamdpo.toyworld.evaluate import evaluate_views
+from dreamdpo.toyworld.prior import ToyPrior
+from dreamdpo.toyworld.render import render
+from dreamdpo.toyworld.reward import ASSET_DIR, ToyRewardJudge
+from dreamdpo.toyworld.vocab import parse_prompt
 
 
 def timed(fn, repeats: int = 20, warmup: int = 2) -> tuple[float, float]:

@@ -9,11 +9,8 @@ reward's score) per method × prompt, averaged over seeds; recorded in bench/BEN
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dreamdpo.cli import main  # noqa: E402
+from dreamdpo.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["toyworld", "compare", *sys.argv[1:]]))

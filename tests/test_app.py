@@ -41,7 +41,7 @@ def page(module: str, url: str, user: dict):
 
         importlib.import_module(f"annotator.{module}").render(connect(url), user)
 
-    return AppTest.from_function(script, args=(module, url, user), default_timeout=30)
+    return AppTest.from_function(script, args=(module, url, user), default_timeout=120)
 
 
 def texts(at) -> list[str]:
@@ -62,7 +62,7 @@ def stored_votes(engine, pair_id):
 
 @pytest.mark.parametrize("token", ["", "not-a-token"])
 def test_no_valid_token_no_page(log, token):
-    at = AppTest.from_file(APP, default_timeout=30).run()
+    at = AppTest.from_file(APP, default_timeout=120).run()
     assert not any(h.value == "Annotate" for h in at.header)
     at.text_input[0].input(token)
     at.button[0].click().run()
@@ -72,7 +72,7 @@ def test_no_valid_token_no_page(log, token):
 
 def test_deactivated_token_is_refused_even_mid_session(log):
     engine, url, tokens, _ = log
-    at = AppTest.from_file(APP, default_timeout=30).run()
+    at = AppTest.from_file(APP, default_timeout=120).run()
     at.text_input[0].input(tokens["ann"])
     at.button[0].click().run()
     assert any(h.value == "Annotate" for h in at.header)
@@ -88,7 +88,7 @@ def test_deactivated_token_is_refused_even_mid_session(log):
 def test_login_shows_annotate_and_admin_only_for_admins(log):
     _, _, tokens, _ = log
     for name, admin in (("ann", False), ("root", True)):
-        at = AppTest.from_file(APP, default_timeout=30).run()
+        at = AppTest.from_file(APP, default_timeout=120).run()
         at.text_input[0].input(tokens[name])
         at.button[0].click().run()
         assert [h.value for h in at.header] == ["Annotate"]

@@ -94,9 +94,9 @@ ANNOTATOR = {"id": 2, "name": "eve", "role": "annotator", "active": True}
 
 def test_export_page_refuses_non_admins_and_offers_downloads_to_admins(log):
     url, _ = log
-    at = AppTest.from_function(_render, args=("export_page", url, ANNOTATOR), default_timeout=30).run()
+    at = AppTest.from_function(_render, args=("export_page", url, ANNOTATOR), default_timeout=120).run()
     assert at.error and "admins only" in at.error[0].value and not at.button
-    at = AppTest.from_function(_render, args=("export_page", url, ADMIN), default_timeout=60).run()
+    at = AppTest.from_function(_render, args=("export_page", url, ADMIN), default_timeout=120).run()
     assert not at.error
     at.button[0].click().run()
     assert not at.exception and not at.error
@@ -106,7 +106,7 @@ def test_export_page_refuses_non_admins_and_offers_downloads_to_admins(log):
 @pytest.mark.slow
 def test_audit_page_shows_the_planted_facts(log):
     url, _ = log
-    at = AppTest.from_function(_render, args=("audit_page", url, ADMIN), default_timeout=60).run()
+    at = AppTest.from_function(_render, args=("audit_page", url, ADMIN), default_timeout=120).run()
     assert not at.exception
     assert any("Fleiss" in m.label for m in at.metric)
     assert at.warning and "lefty" in at.warning[0].value and "spammer" in at.warning[0].value

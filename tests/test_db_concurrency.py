@@ -3,6 +3,9 @@
 Invariants checked from the database and from what each process was told (its acknowledgements):
 zero lost votes, zero votes without a lease, no pair with more than k voters, every decision
 written once and equal to the votes it counts.
+
+The loops run until the log holds enough work (counted events, polled), not for a fixed time:
+a loaded machine makes a test slower, never red. TIMEOUT_S only catches a hang.
 """
 from __future__ import annotations
 
@@ -19,9 +22,9 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from pg import log_url, pg_server  # noqa: F401
 
 CTX = mp.get_context("fork")
+TIMEOUT_S = 600
 
 
 def png(i: int) -> bytes:
@@ -30,14 +33,14 @@ def png(i: int) -> bytes:
     return buf.getvalue()
 
 
-def poster(url: str, run_id: int, stop_at: float, out: str, seed: int) -> None:
+def poster(url: str, run_id: int, stop, out: str, seed: int) -> None:
     """The optimizer's side: post pairs (k = 1..3), wait for some decisions, record what it was told."""
     from db import queue
     from db.engine import connect
 
     eng, rng, i = connect(url), random.Random(seed), 0
     with open(out, "a") as f:
-        while time.time() < stop_at:
+        while not stop.is_set():
             ids = []
             for _ in range(4):
                 i += 1
@@ -48,7 +51,7 @@ def poster(url: str, run_id: int, stop_at: float, out: str, seed: int) -> None:
             time.sleep(0.05)
 
 
-def annotator(url: str, annotator_id: int, stop_at: float, out: str, seed: int) -> None:
+def annotator(url: str, annotator_id: int, stop, out: str, seed: int) -> None:
     """A person's loop: claim, sometimes skip, stall past the lease or try a pair they do not hold."""
     from db import queue
     from db.engine import connect
@@ -56,7 +59,7 @@ def annotator(url: str, annotator_id: int, stop_at: float, out: str, seed: int) 
 
     eng, rng = connect(url), random.Random(seed)
     with open(out, "a") as f:
-        while time.time() < stop_at:
+        while not stop.is_set():
             c = queue.claim_next(eng, annotator_id, lease_seconds=rng.choice([0.15, 30, 30, 30]))
             if c is None:
                 time.sleep(0.02)
@@ -178,46 +181,85 @@ def start(target, *args) -> mp.Process:
     return p
 
 
+def counts(url: str) -> dict:
+    """Standing people's votes, decisions, and the poster's acknowledged waits so far."""
+    from db.engine import connect
+
+    with connect(url).connect() as conn:
+        return dict(votes=conn.exec_driver_sql("SELECT count(*) FROM votes WHERE annotator_id IS NOT NULL "
+                                               "AND NOT retracted AND choice <> 'skip'").scalar(),
+                    decisions=conn.exec_driver_sql("SELECT count(*) FROM decisions").scalar())
+
+
+def wait_until(url: str, what: str, **at_least) -> dict:
+    """Poll the log until every count reaches its floor; only a hang reaches the time-out."""
+    end = time.monotonic() + TIMEOUT_S
+    while True:
+        seen = counts(url)
+        if all(seen[k] >= n for k, n in at_least.items()):
+            return seen
+        if time.monotonic() > end:
+            raise AssertionError(f"{what}: {seen} after {TIMEOUT_S} s, wanted {at_least}")
+        time.sleep(0.1)
+
+
+def finish(procs: list[mp.Process], stop) -> None:
+    """Stop the loops and wait for each process; none is left behind, even when the test fails."""
+    stop.set()
+    try:
+        for p in procs:
+            p.join(timeout=TIMEOUT_S)
+            assert p.exitcode == 0, f"process {p.pid} ended with {p.exitcode}"
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
 @pytest.mark.slow
-def test_one_poster_eight_annotators_for_ten_seconds(log_url, tmp_path):
+def test_one_poster_eight_annotators_until_enough_work(log_url, tmp_path):
     run_id, people = setup_log(log_url, 8)
-    stop_at = time.time() + 10
+    stop = CTX.Event()
     outs = [str(tmp_path / f"ack{i}") for i in range(9)]
-    procs = [start(poster, log_url, run_id, stop_at, outs[0], 0)]
-    procs += [start(annotator, log_url, who, stop_at, outs[i + 1], i + 1) for i, who in enumerate(people)]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    procs = [start(poster, log_url, run_id, stop, outs[0], 0)]
+    procs += [start(annotator, log_url, who, stop, outs[i + 1], i + 1) for i, who in enumerate(people)]
+    try:
+        wait_until(log_url, "the poster and annotators did too little work", votes=100, decisions=30)
+    finally:
+        finish(procs, stop)
     acked, waits, bad = read_acks(outs)
     seen = check_log(log_url, acked, waits, bad)
-    assert seen["votes"] > 100 and seen["decisions"] > 30 and seen["waits"] > 5  # the run did real work
+    assert seen["votes"] >= 100 and seen["decisions"] >= 30 and seen["waits"] > 5  # the run did real work
     print(f"\n{log_url.split(':')[0]}: {seen}")
 
 
 @pytest.mark.slow
 def test_kill_9_in_the_middle_and_restart(log_url, tmp_path):
     run_id, people = setup_log(log_url, 6)
-    t0 = time.time()
+    stop = CTX.Event()
     outs = [str(tmp_path / f"ack{i}") for i in range(7)]
-    procs = [start(poster, log_url, run_id, t0 + 7, outs[0], 0)]
-    procs += [start(annotator, log_url, who, t0 + 7, outs[i + 1], i + 1) for i, who in enumerate(people)]
+    procs = [start(poster, log_url, run_id, stop, outs[0], 0)]
+    procs += [start(annotator, log_url, who, stop, outs[i + 1], i + 1) for i, who in enumerate(people)]
     killed = set()
-    for round_ in range(3):  # kill -9 two annotators mid-loop, restart them under the same accounts
-        time.sleep(1.2)
-        for k in (1 + round_ % 6, 1 + (round_ + 3) % 6):
-            os.kill(procs[k].pid, signal.SIGKILL)
-            procs[k].join()
-            killed.add(people[k - 1])
-            procs[k] = start(annotator, log_url, people[k - 1], t0 + 7, outs[k], 100 + 10 * round_ + k)
-    os.kill(procs[0].pid, signal.SIGKILL)  # and the poster, mid-post or mid-wait
-    procs[0].join()
-    procs[0] = start(poster, log_url, run_id, t0 + 8, outs[0], 99)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    try:
+        for round_ in range(3):  # kill -9 two annotators mid-loop, restart them under the same accounts
+            floor = counts(log_url)["votes"] + 10  # once each round has seen some votes
+            wait_until(log_url, f"round {round_}", votes=floor)
+            for k in (1 + round_ % 6, 1 + (round_ + 3) % 6):
+                os.kill(procs[k].pid, signal.SIGKILL)
+                procs[k].join()
+                killed.add(people[k - 1])
+                procs[k] = start(annotator, log_url, people[k - 1], stop, outs[k], 100 + 10 * round_ + k)
+        os.kill(procs[0].pid, signal.SIGKILL)  # and the poster, mid-post or mid-wait
+        procs[0].join()
+        procs[0] = start(poster, log_url, run_id, stop, outs[0], 99)
+        wait_until(log_url, "after the restarts", votes=max(50, counts(log_url)["votes"] + 10))
+    finally:
+        finish(procs, stop)
     acked, waits, bad = read_acks(outs)
     seen = check_log(log_url, acked, waits, bad, killed=killed)
-    assert seen["votes"] > 50
+    assert seen["votes"] >= 50
     if log_url.startswith("sqlite"):
         from db.engine import connect
 

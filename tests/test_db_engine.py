@@ -12,7 +12,6 @@ import sqlalchemy as sa
 from db import accounts, engine as db_engine, queue
 from db.errors import LogError
 from dreamdpo import cli
-from pg import engine, log_url, pg_server  # noqa: F401
 
 
 def test_resolve_url(monkeypatch, tmp_path):

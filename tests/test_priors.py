@@ -9,7 +9,7 @@ from dreamdpo import losses
 from dreamdpo.cameras import Cameras
 from dreamdpo.errors import UserError
 from dreamdpo.priors.stable_diffusion import StableDiffusionPrior, view_direction
-from tiny_models import make_tiny_sd
+from dreamdpo.priors.tiny import make_tiny_sd
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -213,7 +213,7 @@ def test_cuda_half_precision_matches_cpu_fp32(latent_dir, prior):
 # ---------------------------------------------------------------- MVDream (4 views, camera-conditioned)
 
 from dreamdpo.priors.mvdream import MultiViewAttnProcessor, MVDreamPrior, camera_condition  # noqa: E402
-from tiny_models import make_tiny_mvdream  # noqa: E402
+from dreamdpo.priors.tiny import make_tiny_mvdream  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
-"""Tiny random-weight diffusers models built in code and saved like a real hub folder.
+"""Tiny random-weight diffusers models, built in code and saved like a real hub folder.
 
-`make_tiny_sd(path)` writes the Stable Diffusion layout (unet/, vae/, text_encoder/, tokenizer/,
-scheduler/) with `save_pretrained`, so tests load it through the same loader users call.
-No network: the CLIP tokenizer's vocab.json and merges.txt are written here.
+For smoke tests and benchmarks without weights (no hub is needed): `make_tiny_sd(path)` writes the
+Stable Diffusion layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/) with `save_pretrained`, so
+callers load it through the same loader users call with real weights. The CLIP tokenizer's vocab.json
+and merges.txt are written here, offline. Used by tests/ and bench/ alike.
 """
 from __future__ import annotations
 
