@@ -98,7 +98,8 @@ class FakeOpenAI:
         images = [p["image_url"]["url"] for p in content if p["type"] == "image_url"]
         text = " ".join(p["text"] for p in content if p["type"] == "text")
         if re.search(r"\bA or B\b", text):
-            p_first = 1.0 if self.mode == "always-A" else 1 / (1 + math.exp(-10 * (redness(images[0]) - redness(images[1]))))
+            diff = redness(images[0]) - redness(images[1])
+            p_first = 1.0 if self.mode == "always-A" else 1 / (1 + math.exp(-10 * diff))
             options = {"A": p_first, "B": 1 - p_first}
         else:
             p_yes = 1 / (1 + math.exp(-10 * redness(images[0])))

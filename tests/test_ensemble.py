@@ -5,13 +5,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from fake_openai import FakeOpenAI
 
 from db import stats
 from dreamdpo import judges
 from dreamdpo.judges.base import Judge, Judgement
-from dreamdpo.judges.ensemble import BudgetJudge, EnsembleJudge, combine, estimate, member_votes
+from dreamdpo.judges.ensemble import BudgetJudge, combine, estimate, member_votes
 from dreamdpo.judges.lmm import ENV_BASE_URL, ENV_KEY, ENV_MODEL, JudgeUnavailable
-from fake_openai import FakeOpenAI
 
 KEY = "sk-ensemble-test-4be1d0-secret"
 
@@ -32,7 +32,8 @@ def test_majority_rule(winners, winner, gap):
     votes = [verdict("tie" if w == "skip" else w, f"j{i}", skip=w == "skip") for i, w in enumerate(winners)]
     v = combine(votes, "ens")
     assert (v.winner, v.gap, v.skip) == (winner, pytest.approx(gap), False)
-    assert v.extra["votes"] == votes and v.scores_a[0] - v.scores_b[0] == pytest.approx(gap * (1 if winner == "a" else -1 if winner == "b" else 0))
+    sign = {"a": 1, "b": -1, "tie": 0}[winner]
+    assert v.extra["votes"] == votes and v.scores_a[0] - v.scores_b[0] == pytest.approx(sign * gap)
 
 
 def test_all_members_skipping_skips_the_step():
@@ -127,7 +128,8 @@ def votes(rows):
 def test_order_disagreement_and_first_shown_preference():
     rows = []
     for pair, (ab, ba) in enumerate([("a", "a"), ("a", "b"), ("b", "b"), ("a", "b")]):
-        rows += [{"pair_id": pair, "judge": "lmm[ab]", "choice": ab}, {"pair_id": pair, "judge": "lmm[ba]", "choice": ba},
+        rows += [{"pair_id": pair, "judge": "lmm[ab]", "choice": ab},
+                 {"pair_id": pair, "judge": "lmm[ba]", "choice": ba},
                  {"pair_id": pair, "judge": "lmm", "choice": ab if ab == ba else "tie"}]
     out = stats.order_disagreement(votes(rows))
     assert out.loc["lmm", "n_pairs"] == 4 and out.loc["lmm", "disagreement_rate"] == 0.5
@@ -141,7 +143,8 @@ def test_order_disagreement_and_first_shown_preference():
 def test_agreement_between_judges():
     rows = []
     for pair, (x, y) in enumerate([("a", "a"), ("b", "b"), ("a", "b"), ("b", "b")]):
-        rows += [{"pair_id": pair, "judge": "hpsv2", "choice": x}, {"pair_id": pair, "judge": "imagereward", "choice": y},
+        rows += [{"pair_id": pair, "judge": "hpsv2", "choice": x},
+                 {"pair_id": pair, "judge": "imagereward", "choice": y},
                  {"pair_id": pair, "judge": "lmm[ab]", "choice": "a"}]
     out = stats.judge_judge_agreement(votes(rows))
     assert out[["judge_1", "judge_2", "n"]].values.tolist() == [["hpsv2", "imagereward", 4]]
@@ -172,7 +175,8 @@ def test_twenty_step_toy_run_logs_every_members_vote(tmp_path, endpoint, capsys,
     from db.read import votes_frame
     from dreamdpo.cli import main
 
-    spec, members = "toy-reward+lmm-api", ["toy-reward", "lmm-api:fake-vl", "lmm-api:fake-vl[ab]", "lmm-api:fake-vl[ba]"]
+    spec = "toy-reward+lmm-api"
+    members = ["toy-reward", "lmm-api:fake-vl", "lmm-api:fake-vl[ab]", "lmm-api:fake-vl[ba]"]
     db, out = tmp_path / "log.sqlite", tmp_path / "run"
     code = main(["run", "--prompt", "a red cube", "--judge", spec, "--steps", "20", "--device", "cpu", "--out",
                  str(out), "--db", str(db), "--quiet", "test_views=2", "test_resolution=32", "checkpoint_every=20",

@@ -10,13 +10,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_openai import FakeOpenAI
 
 from dreamdpo import judges
 from dreamdpo.errors import UserError
-from dreamdpo.judges.lmm import (CRITERIA, ENV_BASE_URL, ENV_KEY, ENV_MODEL, JudgeUnavailable, LMMConfig,
-                                 LMMJudge, LocalQwen, OpenAIChat, build_questions, pairwise_content,
-                                 parse_choice, prompt_questions)
-from fake_openai import FakeOpenAI
+from dreamdpo.judges.lmm import (
+    CRITERIA,
+    ENV_BASE_URL,
+    ENV_KEY,
+    ENV_MODEL,
+    JudgeUnavailable,
+    LMMConfig,
+    LMMJudge,
+    LocalQwen,
+    build_questions,
+    pairwise_content,
+    parse_choice,
+    prompt_questions,
+)
 
 KEY = "sk-test-7f3a9c-never-logged"
 RED = torch.zeros(1, 3, 32, 32)
@@ -46,7 +57,8 @@ def test_any_prompt_gets_questions_and_never_fails(prompt):
 
 
 def test_criteria_are_selectable_and_custom_questions_come_last():
-    cfg = LMMConfig(template=False, criteria=["texture_details", "plausibility"], questions=["The cube has rounded edges"])
+    cfg = LMMConfig(template=False, criteria=["texture_details", "plausibility"],
+                    questions=["The cube has rounded edges"])
     qs = build_questions("a red cube", cfg)
     assert [q.key for q in qs] == ["criterion:texture_details", "criterion:plausibility", "custom:0"]
     assert "rounded edges" in qs[-1].pairwise
@@ -326,6 +338,7 @@ def tiny_qwen(tmp_path_factory):
     return make_tiny_qwen2vl(tmp_path_factory.mktemp("tiny-qwen2vl"))
 
 
+@pytest.mark.slow
 def test_tiny_qwen2vl_answers_a_pair_end_to_end_from_option_logits(tiny_qwen, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     judge = judges.load(f"lmm:{tiny_qwen}", "cpu", lmm=LMMConfig(template=False, criteria=["overall"]))
@@ -355,6 +368,7 @@ def test_missing_local_model_is_a_one_line_error(tmp_path):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_tiny_qwen2vl_by_hub_id_from_the_local_cache(tiny_qwen, tmp_path):
     """Users pass the hub id: the model is found in the Hugging Face cache, offline."""
     snap = tmp_path / "hub" / "models--tiny--qwen2vl" / "snapshots" / ("0" * 40)
@@ -365,7 +379,8 @@ def test_tiny_qwen2vl_by_hub_id_from_the_local_cache(tiny_qwen, tmp_path):
     (tmp_path / "hub" / "models--tiny--qwen2vl" / "refs" / "main").write_text("0" * 40)
     code = ("import torch; from dreamdpo import judges; from dreamdpo.judges.lmm import LMMConfig;"
             "j = judges.load('lmm:tiny/qwen2vl', 'cpu', lmm=LMMConfig(template=False));"
-            "v = j.compare(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32), 'a cube'); print('OK', j.name, v.winner)")
+            "v = j.compare(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32), 'a cube');"
+            "print('OK', j.name, v.winner)")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -92,7 +92,7 @@ def prepare_run(cfg, db_url: str | None, resume: bool):
     if cfg.judge == "human":
         from dreamdpo.judges.human import HumanJudge
 
-        assist = load_model_judge(cfg.assist_judge, device, cfg.judge_weights)
+        assist = load_model_judge(cfg.assist_judge, device, cfg.judge_weights, lmm=cfg.lmm)
         judge = HumanJudge(engine, cfg.human, model_judge=assist, seed=cfg.seed)
     else:
         judge = load_run_judge(cfg, device)

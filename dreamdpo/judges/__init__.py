@@ -53,7 +53,8 @@ def parse_spec(spec: str, what: str = "judge") -> list[Member]:
             members.append(Member(kind))
         elif kind in WITH_ARG and (arg or not sep):
             if WITH_ARG[kind] and not arg:
-                raise UserError(f"{what} '{part}' needs a model: lmm:MODEL_ID_OR_PATH (e.g. lmm:Qwen/Qwen2-VL-2B-Instruct)")
+                raise UserError(f"{what} '{part}' needs a model: lmm:MODEL_ID_OR_PATH "
+                                "(e.g. lmm:Qwen/Qwen2-VL-2B-Instruct)")
             members.append(Member(kind, arg or None))
         else:
             raise UserError(f"unknown {what} '{part}'; choose one of: {JUDGE_HELP}")
@@ -98,7 +99,7 @@ def load(spec: str, device=None, weights: str | None = None, *, lmm=None, max_ca
         raise UserError("judge_weights is ambiguous with several reward judges; give each its own: "
                         "--judge hpsv2:PATH+imagereward:PATH")
     names = _unique_names(members)
-    built = [_load_member(m, n, device, weights, lmm) for m, n in zip(members, names)]
+    built = [_load_member(m, n, device, weights, lmm) for m, n in zip(members, names, strict=True)]
     if len(built) == 1:
         judge = built[0]
     else:

@@ -248,7 +248,7 @@ class LocalQwen:
         self.label = getattr(model.config, "_name_or_path", "local model")
 
     @classmethod
-    def from_pretrained(cls, source: str, device=None, dtype=None) -> "LocalQwen":
+    def from_pretrained(cls, source: str, device=None, dtype=None) -> LocalQwen:
         """source: a hub id already in the local Hugging Face cache, or a folder (never downloads)."""
         from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
@@ -287,7 +287,7 @@ class LocalQwen:
         if len(parts) - 1 != len(images):
             raise UserError(f"the chat template placed {len(parts) - 1} image slots for {len(images)} images")
         n = [int(g.prod()) // self.merge ** 2 for g in grid]
-        text = parts[0] + "".join(self.image_token * k + p for k, p in zip(n, parts[1:]))
+        text = parts[0] + "".join(self.image_token * k + p for k, p in zip(n, parts[1:], strict=True))
         enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
         ids = enc.input_ids.to(self.device)
         out = self.model(input_ids=ids, attention_mask=enc.attention_mask.to(self.device),
@@ -299,8 +299,8 @@ class LocalQwen:
 
     def option_probs(self, content: list, options: tuple[str, ...]) -> tuple[dict[str, float], dict]:
         logits = self.option_logits(content, options)
-        probs = normalise(dict(zip(options, logits.tolist())))
-        return probs, {"logits": {o: round(float(v), 4) for o, v in zip(options, logits)}}
+        probs = normalise(dict(zip(options, logits.tolist(), strict=True)))
+        return probs, {"logits": {o: round(float(v), 4) for o, v in zip(options, logits, strict=True)}}
 
     def map(self, jobs: list[tuple[list, tuple[str, ...]]]) -> list[tuple[dict, dict]]:
         return [self.option_probs(c, o) for c, o in jobs]
@@ -330,7 +330,7 @@ class OpenAIChat:
         return f"OpenAIChat({self.base_url!r}, {self.model!r})"
 
     @classmethod
-    def from_env(cls, model: str | None = None, cfg: LMMConfig | None = None) -> "OpenAIChat":
+    def from_env(cls, model: str | None = None, cfg: LMMConfig | None = None) -> OpenAIChat:
         base_url = os.environ.get(ENV_BASE_URL, "").strip()
         model = model or os.environ.get(ENV_MODEL, "").strip()
         key = os.environ.get(ENV_KEY, "").strip()
@@ -383,7 +383,7 @@ class OpenAIChat:
                 else:
                     raise UserError(f"the endpoint {self.base_url} rejected the request (HTTP {e.code}: "
                                     f"{message})") from None
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 last = f"no answer within {self.cfg.timeout_s:g} s (lmm.timeout_s)"
             except urllib.error.URLError as e:
                 reason = e.reason
@@ -543,7 +543,7 @@ class LMMJudge(Judge):
         if self.cfg.mode == "yesno":
             return self._yesno(prompt, qs, ua, ub)
         jobs, keys = [], []
-        for u, (a, b) in enumerate(zip(ua, ub)):
+        for u, (a, b) in enumerate(zip(ua, ub, strict=True)):
             for q in qs:
                 jobs.append((pairwise_content(prompt, q, a, b), ("A", "B")))
                 keys.append((u, q.key, "ab"))
@@ -553,7 +553,7 @@ class LMMJudge(Judge):
         # P(a is better) per (unit, order), averaged over questions
         p: dict[tuple[int, str], list[float]] = {}
         log = []
-        for (u, qk, order), (probs, raw) in zip(keys, answers):
+        for (u, qk, order), (probs, raw) in zip(keys, answers, strict=True):
             pa = probs["A"] if order == "ab" else probs["B"]
             p.setdefault((u, order), []).append(pa)
             log.append({"unit": u, "q": qk, "order": order, "p_a": round(pa, 4), **raw})
@@ -572,7 +572,7 @@ class LMMJudge(Judge):
 
     def _yesno(self, prompt, qs, ua, ub) -> Judgement:
         jobs, keys = [], []
-        for u, (a, b) in enumerate(zip(ua, ub)):
+        for u, (a, b) in enumerate(zip(ua, ub, strict=True)):
             for q in qs:
                 for side, img in (("a", a), ("b", b)):
                     jobs.append((yesno_content(prompt, q, img), ("Yes", "No")))
@@ -580,7 +580,7 @@ class LMMJudge(Judge):
         answers = self.backend.map(jobs)
         p: dict[tuple[int, str], list[float]] = {}
         log = []
-        for (u, qk, side), (probs, raw) in zip(keys, answers):
+        for (u, qk, side), (probs, raw) in zip(keys, answers, strict=True):
             p.setdefault((u, side), []).append(probs["Yes"])
             log.append({"unit": u, "q": qk, "side": side, "p_yes": round(probs["Yes"], 4), **raw})
         n = len(ua)
