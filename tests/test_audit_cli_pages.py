@@ -12,22 +12,14 @@ from streamlit.testing.v1 import AppTest
 
 from dreamdpo.cli import main
 
-pytestmark = pytest.mark.slow  # the module fixture writes ~1000 votes through claims (~12 s)
+
+@pytest.fixture()
+def log(synthetic_log):
+    """conftest's synthetic log: ~1000 votes written through claims once per session (~12 s), hence slow."""
+    return synthetic_log
 
 
-from db import synthetic as SYN  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def log(tmp_path_factory):
-    from db.engine import connect
-
-    url = f"sqlite:///{tmp_path_factory.mktemp('log') / 'log.db'}"
-    engine = connect(url)
-    SYN.write_log(engine, SYN.SyntheticSpec(n_live=120, n_gold=20, seed=3), image_size=8)
-    return url, engine
-
-
+@pytest.mark.slow
 def test_export_cli_round_trips_the_database(log, tmp_path, capsys):
     from db.read import votes_frame
 
@@ -53,6 +45,7 @@ def test_export_cli_round_trips_the_database(log, tmp_path, capsys):
     assert "exported" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_export_cli_filters_and_bad_input(log, tmp_path, capsys):
     url, _ = log
     assert main(["export", "--format", "jsonl", "--out", str(tmp_path / "r2"), "--db", url, "--run", "2"]) == 0
@@ -66,6 +59,7 @@ def test_export_cli_filters_and_bad_input(log, tmp_path, capsys):
     assert len(err) == 1 and "not a date" in err[0]
 
 
+@pytest.mark.slow
 def test_stats_cli_prints_the_page_numbers(log, capsys):
     from annotator.audit_page import AuditFilters, audit_data
     from dreamdpo.commands.audit import format_audit
@@ -92,6 +86,7 @@ ADMIN = {"id": 1, "name": "root", "role": "admin", "active": True}
 ANNOTATOR = {"id": 2, "name": "eve", "role": "annotator", "active": True}
 
 
+@pytest.mark.slow
 def test_export_page_refuses_non_admins_and_offers_downloads_to_admins(log):
     url, _ = log
     at = AppTest.from_function(_render, args=("export_page", url, ANNOTATOR), default_timeout=120).run()

@@ -20,9 +20,9 @@ def offline():
     mp.undo()
 
 
-@pytest.fixture(scope="module")
-def latent_dir(tmp_path_factory):
-    return make_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd", latent=True)
+@pytest.fixture()
+def latent_dir(tiny_sd):
+    return tiny_sd
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ def small_prior(tmp_path_factory):
     return ToyPrior(bank, k_cameras=3, camera_sigma=1e6)
 
 
-@pytest.fixture(scope="module")
-def prior():
-    """The default prior (its bank is built once per machine into the user's cache)."""
-    return ToyPrior.build(progress=False)
+@pytest.fixture()
+def prior(toy_prior):
+    """The default prior (conftest: its bank is built once per session)."""
+    return toy_prior
 
 
 def test_interface(small_prior):

@@ -6,7 +6,6 @@ from safetensors.torch import load_file
 
 from dreamdpo.cameras import CameraConfig, orbit_cameras, random_cameras
 from dreamdpo.errors import UserError
-from dreamdpo.toyworld.prior import ToyPrior
 from dreamdpo.toyworld.render import render
 from dreamdpo.toyworld.reward import ToyData, ToyRewardJudge, make_examples, ranking_accuracy, train_reward
 from dreamdpo.toyworld.vocab import parse_prompt
@@ -18,8 +17,8 @@ def judge():
 
 
 @pytest.mark.slow
-def test_ranks_true_caption_above_hard_negatives_on_held_out_views(judge):
-    prior = ToyPrior.build(progress=False)
+def test_ranks_true_caption_above_hard_negatives_on_held_out_views(judge, toy_prior):
+    prior = toy_prior
     cams = random_cameras(CameraConfig(), 32, torch.Generator().manual_seed(4242))
     clean = make_examples(ToyData(prior, 4242), 160, 0.0, fresh_cameras=cams)
     x0 = make_examples(ToyData(prior, 4243), 160, 1.0, fresh_cameras=cams)
