@@ -1,11 +1,18 @@
-"""Annotate page: one pair at a time, keyboard first.
+"""Annotate page: one pair at a time, keyboard first, everything in one 1366×768 screen.
 
 Left/right is shuffled per pair and the shown order logged with the vote (shown_left = the
 candidate drawn on the left). The time from the pair appearing to the vote is logged as
 latency_ms. A vote, the claim of the next pair and its images happen in the same rerun of the
 fragment, so the next pair is on screen as soon as the vote is stored; the fragment also reruns
 every DREAMDPO_POLL_S seconds (default 0.5), so a pair posted while the queue was empty appears
-without a reload. Prompts and questions are drawn with st.text: HTML in them stays text.
+without a reload, and the countdown of the lease ticks. Prompts and questions are drawn with
+st.text: HTML in them stays text.
+
+Keys go through annotator.keys (queued in the page, handled one by one, never lost in a redraw),
+and every key or click is answered on the "Last:" line with what was stored. Undo is offered only
+while it can succeed (the pair is undecided and the lease holds). A pair whose lease or deadline
+runs out leaves the screen by itself. A skipped live pair goes to the next person; with nobody
+else online it is expired at once, so the run falls back without waiting out the deadline.
 
 Quality-control pairs (gold, swapped duplicates) look exactly like live pairs: no run or step is
 shown, and a pair without a render of its own shows its run's latest one. A deactivated account is
@@ -17,22 +24,27 @@ from __future__ import annotations
 import os
 import random
 import time
+from datetime import timedelta
 
 import sqlalchemy as sa
 import streamlit as st
 
-from annotator import guard
+from annotator import guard, keys
+from annotator.views import grid_png
 from db import queue
 from db.engine import is_transient
 from db.errors import AccountInactive, LogError
-from db.models import Image, Pair
+from db.models import Claim, Decision, Image, Pair, Vote, utcnow
 
 POLL_S = float(os.environ.get("DREAMDPO_POLL_S", "0.5"))  # seconds between checks for a new pair
 LEASE_S = float(os.environ.get("DREAMDPO_LEASE_S", "120"))  # how long a shown pair stays yours
-# (label, keyboard shortcut, what it means relative to the screen)
-BUTTONS = [("Left better", "Left", "left"), ("Right better", "Right", "right"), ("Tie", "t", "tie"),
-           ("Both bad", "b", "both_bad"), ("Skip", "s", "skip")]
-FLASH_S = 6.0  # how long a message stays while the page keeps polling
+ONLINE_S = 60.0  # someone who claimed or voted this recently is online
+IMAGE_PX = 400  # each candidate's grid of views on screen: two side by side fit 1366×768 with the buttons
+# (label, what it means relative to the screen, key hint)
+BUTTONS = [("Left better", "left", "←"), ("Right better", "right", "→"), ("Tie", "tie", "T"),
+           ("Both bad", "both_bad", "B"), ("Skip", "skip", "S")]
+SAID = {"left": "Left better", "right": "Right better", "tie": "Tie", "both_bad": "Both bad", "skip": "Skip"}
+FLASH_S = 6.0  # how long a warning stays while the page keeps polling
 EMPTY = "No pairs are waiting for you right now. New ones appear here by themselves."
 
 
@@ -45,6 +57,13 @@ def choice_for(button: str, shown_left: str) -> str:
     return button
 
 
+def side_of(choice: str, shown_left: str | None) -> str:
+    """Inverse of choice_for, for a person's own list of votes."""
+    if choice in ("a", "b") and shown_left in ("a", "b"):
+        return "left" if choice == shown_left else "right"
+    return choice
+
+
 def _claim(engine, user) -> dict | None:
     pair = queue.claim_next(engine, user["id"], lease_seconds=LEASE_S)
     if pair is not None:
@@ -55,10 +74,34 @@ def _claim(engine, user) -> dict | None:
     return pair
 
 
+def _flash(kind: str, text: str) -> None:
+    st.session_state["flash"] = (kind, text, time.monotonic() + FLASH_S)
+
+
+def others_online(engine, me: int) -> int:
+    """People other than `me` who claimed or voted in the last ONLINE_S seconds."""
+    since = utcnow() - timedelta(seconds=ONLINE_S)
+    claims = sa.select(Claim.annotator_id).where(Claim.claimed_at >= since, Claim.annotator_id != me)
+    votes = sa.select(Vote.annotator_id).where(Vote.annotator_id.is_not(None), Vote.annotator_id != me,
+                                               Vote.created_at >= since)
+    q = sa.select(sa.func.count(sa.distinct(sa.union(claims, votes).subquery().c.annotator_id)))
+    with engine.connect().execution_options(readonly=True) as conn:
+        return int(conn.execute(q).scalar() or 0)
+
+
+def expire_now(engine, pair_id: int) -> bool:
+    """A skipped live pair nobody else can take: expired at once (the run's fallback decides it)."""
+    with engine.begin() as conn:
+        done = conn.execute(sa.update(Pair).where(Pair.id == pair_id, Pair.status == "pending", Pair.kind == "live")
+                            .values(status="expired", deadline=utcnow()))
+    return bool(done.rowcount)
+
+
 def _vote(engine, user, button: str) -> None:
     ss = st.session_state
     pair = ss.get("pair")
     if pair is None:
+        ss["ack"] = f"{SAID.get(button, button)}: ignored, no pair on screen."
         return
     ss["flash"] = None
     choice = choice_for(button, pair["shown_left"])
@@ -66,23 +109,37 @@ def _vote(engine, user, button: str) -> None:
     try:
         if choice == "skip":
             queue.release(engine, pair["pair_id"], user["id"])
+            gone = pair.get("kind") == "live" and others_online(engine, user["id"]) == 0 and expire_now(engine, pair["pair_id"])
+            ss["ack"] = (f"Skipped pair {pair['pair_id']}: "
+                         + ("nobody else is online, so the run decides it without people." if gone
+                            else "it goes to the next person."))
             ss["last"] = None
         else:
             queue.vote(engine, pair["pair_id"], user["id"], choice, shown_left=pair["shown_left"], latency_ms=latency)
+            ss["ack"] = f"{SAID[button]} stored for pair {pair['pair_id']}."
             ss["last"] = pair
     except Exception as e:
         if not isinstance(e, LogError) and not is_transient(e):
             raise
         why = guard.UNREACHABLE if is_transient(e) else e
-        ss["flash"] = ("warning", f"Your vote was not stored: {why}", time.monotonic() + FLASH_S)
+        _flash("warning", f"Your vote was not stored: {why}")
+        ss["ack"] = f"{SAID.get(button, button)} on pair {pair['pair_id']}: not stored."
         ss["last"] = None
     ss["pair"] = None  # the next pair is claimed in this same rerun
+
+
+def undoable(engine, last: dict | None) -> bool:
+    """Undo can succeed: the pair is undecided and the lease still holds."""
+    if last is None or last["expires_at"] <= utcnow():
+        return False
+    return queue.get_decision(engine, last["pair_id"]) is None
 
 
 def _undo(engine, user) -> None:
     ss = st.session_state
     last = ss.get("last")
     if last is None:
+        ss["ack"] = "Undo: nothing to undo."
         return
     try:
         undone = queue.undo_vote(engine, last["pair_id"], user["id"])
@@ -90,16 +147,15 @@ def _undo(engine, user) -> None:
         if not isinstance(e, LogError) and not is_transient(e):
             raise
         why = guard.UNREACHABLE if is_transient(e) else e
-        ss["flash"] = ("warning", f"Nothing was undone: {why}", time.monotonic() + FLASH_S)
+        _flash("warning", f"Nothing was undone: {why}")
         ss["last"] = None
         return
     if undone:
-        ss["flash"] = ("info", f"Vote on pair {last['pair_id']} undone: vote again.", time.monotonic() + FLASH_S)
+        ss["ack"] = f"Vote on pair {last['pair_id']} undone: vote again."
         last["shown_at"] = time.monotonic()
         ss["pair"] = last  # the pair you were on (if any) stays leased to you and comes next
     else:
-        ss["flash"] = ("warning", f"Too late to undo: pair {last['pair_id']} is already decided or your lease ran out.",
-                       time.monotonic() + FLASH_S)
+        ss["ack"] = f"Undo: pair {last['pair_id']} was decided meanwhile or your lease ran out; your vote stands."
     ss["last"] = None
 
 
@@ -110,6 +166,26 @@ def context_render(engine, pair: dict) -> bytes | None:
     with engine.connect().execution_options(readonly=True) as conn:
         return conn.execute(sa.select(Image.png).join(Pair, Pair.render_image == Image.id)
                             .where(Pair.run_id == pair["run_id"]).order_by(Pair.id.desc()).limit(1)).scalar()
+
+
+def recent_votes(engine, annotator_id: int, n: int = 10) -> list[dict]:
+    """This person's own latest votes (newest first), with what became of each pair."""
+    q = (sa.select(Vote.pair_id, Vote.choice, Vote.shown_left, Vote.created_at, Vote.retracted, Decision.winner)
+         .outerjoin(Decision, Decision.pair_id == Vote.pair_id)
+         .where(Vote.annotator_id == annotator_id).order_by(Vote.id.desc()).limit(n))
+    with engine.connect().execution_options(readonly=True) as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def time_left(pair: dict) -> float:
+    """Seconds until the pair is no longer yours to vote on (lease end or the run's deadline)."""
+    ends = [t for t in (pair.get("expires_at"), pair.get("deadline")) if t is not None]
+    return min(t for t in ends).timestamp() - utcnow().timestamp() if ends else float("inf")
+
+
+def clock(seconds: float) -> str:
+    s = max(0, int(seconds))
+    return f"{s // 60}:{s % 60:02d}"
 
 
 @st.fragment(run_every=POLL_S)
@@ -123,47 +199,90 @@ def pane(engine, user) -> None:
             raise
 
 
+def _act(engine, user, action: str) -> None:
+    if action == "undo":
+        if undoable(engine, st.session_state.get("last")):
+            _undo(engine, user)
+        else:
+            st.session_state["ack"] = "Undo: nothing that can still be undone."
+    else:
+        _vote(engine, user, action)
+
+
 def _pane(engine, user) -> None:
     ss = st.session_state
+    key = keys.pressed()
+    if key is not None:
+        _act(engine, user, key[1])
+        keys.handled()
     pair = ss.get("pair")
+    if pair is not None and time_left(pair) <= 0:
+        _flash("warning", f"Pair {pair['pair_id']} ran out of time before a vote; it went back to the queue.")
+        pair = ss["pair"] = None
     if pair is None:
         pair = _claim(engine, user)
-    stats = queue.queue_stats(engine, user["id"])
-    c = st.columns(3)
-    c[0].metric("Done today", stats["done_today"] or 0)
-    c[1].metric("Waiting in the queue", stats["pending"])
-    c[2].metric("Live runs waiting on people", stats["live_runs_waiting"])
+    # fixed containers: what is inside changes from poll to poll, their order never does, so no
+    # element is drawn twice while the page redraws
+    warn, main, foot, context, more = (st.container() for _ in range(5))
     flash = ss.get("flash")
     if flash is not None and time.monotonic() > flash[2]:
         flash = ss["flash"] = None
     if flash is not None:
-        (st.warning if flash[0] == "warning" else st.info)(flash[1])
-    if pair is None:
-        st.info(EMPTY)
-    else:
-        st.caption(f"Prompt · pair {int(pair['pair_id'])}")
-        st.text(pair["prompt"])
-        st.caption("Question")
-        st.text(pair["question"] or "Which one matches the prompt better?")
-        left, right = ("image_a", "image_b") if pair["shown_left"] == "a" else ("image_b", "image_a")
-        cols = st.columns(2)
-        cols[0].image(pair[left], caption="Left", width="stretch", output_format="PNG")
-        cols[1].image(pair[right], caption="Right", width="stretch", output_format="PNG")
-        buttons = st.columns(len(BUTTONS) + 1)
-        for col, (label, key, button) in zip(buttons, BUTTONS):
-            col.button(f"{label} ({'←' if key == 'Left' else '→' if key == 'Right' else key.upper()})",
-                       key=f"vote-{button}", shortcut=key, on_click=_vote, args=(engine, user, button),
-                       width="stretch", type="primary" if button in ("left", "right") else "secondary")
+        warn.warning(flash[1])
+    stats = queue.queue_stats(engine, user["id"])
+    counts = (f"Done today: {stats['done_today'] or 0} · waiting in the queue: {stats['pending']} · "
+              f"live runs waiting on people: {stats['live_runs_waiting']}")
+    with main:
+        buttons = _show_pair(engine, user, pair, counts)
+    with foot:
+        if undoable(engine, ss.get("last")):  # beside the vote buttons, or alone when no pair is shown
+            (buttons[-1] if buttons else st).button("Undo · U", key="undo", on_click=_undo, args=(engine, user),
+                                                    width="stretch")
+        st.caption(f"Last: {ss.get('ack') or 'nothing yet. Keys: ← → T B S (U undoes while it can).'}")
+    if pair is not None:
         if "context" not in pair:
             pair["context"] = context_render(engine, pair)
         if pair["context"]:
-            with st.expander("Current render (context)"):
+            with context.expander("Current render (context)"):
                 st.image(pair["context"], width="stretch", output_format="PNG")
+    mine = recent_votes(engine, user["id"])
+    if mine:
+        with more.expander("Your recent votes"):
+            for v in mine:
+                what = "retracted" if v["retracted"] else ("decided" if v["winner"] else "waiting for the run")
+                st.text(f"pair {v['pair_id']}: {SAID.get(side_of(v['choice'], v['shown_left']), v['choice'])}"
+                        f" · {v['created_at']:%H:%M:%S} UTC · {what}")
+
+
+def _show_pair(engine, user, pair: dict | None, counts: str) -> list:
+    """The pair (prompt, question, time left, both candidates, vote buttons); returns the button columns."""
+    if pair is None:
+        st.caption(counts)
+        st.info(EMPTY)
+        return []
+    top = st.columns([5, 4, 3])
+    with top[0]:
+        st.caption(f"Prompt · pair {int(pair['pair_id'])}")
+        st.text(pair["prompt"])
+    with top[1]:
+        st.caption("Question")
+        st.text(pair["question"] or "Which one matches the prompt better?")
+    with top[2]:
+        st.caption(f"Time left: {clock(time_left(pair))}")
         need = pair["votes_needed"]
-        if need > 1:
-            st.caption(f"{pair['votes_in']} of {need} votes in")
-    if ss.get("last") is not None:
-        st.button("Undo last vote (U)", key="undo", shortcut="u", on_click=_undo, args=(engine, user))
+        st.caption(counts if need <= 1 else f"{pair['votes_in']} of {need} votes in · {counts}")
+    left, right = ("image_a", "image_b") if pair["shown_left"] == "a" else ("image_b", "image_a")
+    grids = pair.setdefault("grids", {})
+    cols = st.columns(2)
+    for col, side, title in ((cols[0], left, "Left (←)"), (cols[1], right, "Right (→)")):
+        if side not in grids:
+            grids[side] = grid_png(pair[side], IMAGE_PX)
+        col.image(grids[side], caption=title, width=IMAGE_PX, output_format="PNG")
+    buttons = st.columns(len(BUTTONS) + 1)
+    for col, (label, button, hint) in zip(buttons, BUTTONS):
+        col.button(f"{label} · {hint}", key=f"vote-{button}", on_click=_vote, args=(engine, user, button),
+                   width="stretch", type="primary" if button in ("left", "right") else "secondary")
+    return buttons
 
 
 def render(engine, user: dict) -> None:

@@ -1,6 +1,6 @@
 """The annotator app: `dreamdpo annotate` runs `streamlit run annotator/app.py` with the log's URL in
-$DREAMDPO_DB. No valid token, no page: every rerun re-checks the token, so a deactivated account
-is locked out at its next click.
+$DREAMDPO_DB. No valid token or session cookie (annotator.session), no page: every rerun re-checks
+it, so a deactivated account is locked out at its next click, and a reload keeps a person signed in.
 
 Roles: annotators get Annotate and Runs; Audit, Export and Admin exist only in an admin's
 navigation, so their URLs lead an annotator nowhere (each page checks the role again). A failing
@@ -13,12 +13,19 @@ import os
 
 import streamlit as st
 
-from annotator import guard
+from annotator import guard, session
 from annotator.plain import md
 from db import accounts
 from db.engine import connect, is_transient, ping
 
 RETRY_S = float(os.environ.get("DREAMDPO_RETRY_S", "2"))  # seconds between checks while the log is down
+# less empty space above and between blocks, so a pair, its buttons and the prompt fit in 1366×768
+COMPACT = """<style>
+[data-testid="stMainBlockContainer"] { padding-top: 2.5rem; padding-bottom: 1rem; }
+[data-testid="stMainBlockContainer"] h2 { padding-top: 0; padding-bottom: 0.25rem; }
+[data-testid="stMainBlockContainer"] [data-testid="stVerticalBlock"] { gap: 0.5rem; }
+[data-testid="stImage"] img { image-rendering: pixelated; }
+</style>"""
 ADMIN_PAGES = (("audit_page", "Audit", "audit"), ("export_page", "Export", "export"), ("admin_page", "Admin", "admin"))
 
 
@@ -28,14 +35,21 @@ def log_engine(url: str | None):
 
 
 def login(engine) -> dict | None:
-    """The signed-in person, or None after drawing the login form."""
-    token = st.session_state.get("token")
+    """The signed-in person (token typed in this tab, or the session cookie), or None after drawing
+    the login form."""
+    ss = st.session_state
+    token = ss.get("token")
     if token:
         user = accounts.authenticate(engine, token)
         if user is not None and user.get("active", True):
             return user
-        st.session_state.pop("token", None)
-        st.session_state["login_error"] = "Your token is no longer valid (deactivated?); ask an admin for a new one."
+        ss.pop("token", None)
+        ss["login_error"] = "Your token is no longer valid (deactivated?); ask an admin for a new one."
+    elif not ss.get("no_cookie"):
+        user = session.user_for(engine, ss.get("session_cookie") or session.cookie())
+        if user is not None:
+            return user
+        ss.pop("session_cookie", None)
     st.title("DreamDPO annotator")
     with st.form("login"):
         typed = st.text_input("Token", type="password", help="from `dreamdpo annotators add NAME`")
@@ -43,13 +57,15 @@ def login(engine) -> dict | None:
     if go:
         user = accounts.authenticate(engine, typed.strip()) if typed.strip() else None
         if user is not None and user.get("active", True):
-            st.session_state["token"] = typed.strip()
-            st.session_state.pop("login_error", None)
+            ss["token"] = typed.strip()
+            ss.pop("login_error", None)
+            ss.pop("no_cookie", None)
+            session.start(engine, user)
             st.rerun()
-        st.session_state["login_error"] = ("That token is not valid or its account is deactivated; "
-                                           "ask an admin for one (`dreamdpo annotators add NAME`).")
-    if st.session_state.get("login_error"):
-        st.error(st.session_state["login_error"])
+        ss["login_error"] = ("That token is not valid or its account is deactivated; "
+                             "ask an admin for one (`dreamdpo annotators add NAME`).")
+    if ss.get("login_error"):
+        st.error(ss["login_error"])
     return None
 
 
@@ -97,13 +113,15 @@ def show(engine, user: dict) -> None:
     with st.sidebar:
         st.caption(f"Signed in as {md(user['name'])} ({user['role']})")
         if st.button("Sign out"):
-            st.session_state.clear()
+            session.end()
             st.rerun()
     nav.run()
 
 
 def main() -> None:
     st.set_page_config(page_title="DreamDPO annotator", layout="wide")
+    st.html(COMPACT)
+    session.write_pending()
     url = os.environ.get("DREAMDPO_DB") or None
     try:
         engine = log_engine(url)

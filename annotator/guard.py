@@ -20,6 +20,8 @@ DEACTIVATED = "Your account was deactivated; ask an admin to reactivate it."
 def signed_out(message: str = DEACTIVATED) -> None:
     """Forget the token and show the sign-in form with `message`."""
     st.session_state.pop("token", None)
+    st.session_state.pop("session_cookie", None)
+    st.session_state["no_cookie"] = True  # the request's cookie names the same account
     st.session_state["login_error"] = message
     st.rerun(scope="app")
 

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from db import accounts, queue
 from db.engine import connect
-from db.models import Vote
+from db.models import Pair, Vote
 from dreamdpo.images import png_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,13 +134,28 @@ def test_sides_are_randomized_across_pairs(log):
 
 def test_skip_releases_and_the_pair_is_not_offered_again(log):
     engine, url, _, users = log
+    run_id, pair_id = run_with_pair(engine)
+    other = queue.post_pair(engine, run_id, 1, png(3), png(4))
+    at = page("annotate_page", url, users["ann"]).run()
+    assert at.session_state["pair"]["pair_id"] == pair_id
+    assert queue.claim_next(engine, users["root"]["id"])["pair_id"] == other  # someone else is online
+    at.button(key="vote-skip").click().run()
+    assert "No pairs are waiting for you" in at.info[0].value
+    assert any("it goes to the next person" in c.value for c in at.caption)
+    assert queue.get_decision(engine, pair_id) is None
+    queue.vote(engine, other, users["root"]["id"], "a")
+    assert queue.claim_next(engine, users["root"]["id"])["pair_id"] == pair_id
+
+
+def test_skip_with_nobody_else_online_hands_the_pair_to_the_run_at_once(log):
+    engine, url, _, users = log
     _, pair_id = run_with_pair(engine)
     at = page("annotate_page", url, users["ann"]).run()
     at.button(key="vote-skip").click().run()
-    assert "No pairs are waiting for you" in at.info[0].value
-    assert queue.get_decision(engine, pair_id) is None
-    # someone else still gets it
-    assert queue.claim_next(engine, users["root"]["id"])["pair_id"] == pair_id
+    assert any("nobody else is online" in c.value for c in at.caption)
+    with engine.connect() as c:
+        assert c.execute(sa.select(Pair.status).where(Pair.id == pair_id)).scalar() == "expired"
+    assert queue.claim_next(engine, users["root"]["id"]) is None
 
 
 def test_undo_while_the_lease_holds_then_vote_again(log):
@@ -149,22 +164,42 @@ def test_undo_while_the_lease_holds_then_vote_again(log):
     at = page("annotate_page", url, users["ann"]).run()
     at.button(key="vote-tie").click().run()
     assert stored_votes(engine, pair_id)[0][0] == "tie"
+    assert any("Tie stored for pair" in c.value for c in at.caption)  # the vote is acknowledged
     at.button(key="undo").click().run()
-    assert "undone" in at.info[0].value
+    assert any(f"Vote on pair {pair_id} undone" in c.value for c in at.caption)
     assert at.session_state["pair"]["pair_id"] == pair_id
     assert [r.retracted for r in stored_votes(engine, pair_id)] == [True]
     at.button(key="vote-left").click().run()
     assert [r.retracted for r in stored_votes(engine, pair_id)] == [True, False]
 
 
-def test_undo_after_the_pair_was_decided_says_too_late(log):
+def test_undo_is_not_offered_once_the_pair_is_decided(log):
     engine, url, _, users = log
     _, pair_id = run_with_pair(engine, votes_needed=1)
     at = page("annotate_page", url, users["ann"]).run()
     at.button(key="vote-tie").click().run()
-    at.button(key="undo").click().run()
-    assert "Too late to undo" in at.warning[0].value
+    assert not [b for b in at.button if b.key == "undo"]
     assert [r.retracted for r in stored_votes(engine, pair_id)] == [False]
+
+
+def test_undo_is_withdrawn_when_the_pair_is_decided_by_someone_else(log):
+    engine, url, _, users = log
+    _, pair_id = run_with_pair(engine, votes_needed=2)
+    at = page("annotate_page", url, users["ann"]).run()
+    at.button(key="vote-tie").click().run()
+    assert [b for b in at.button if b.key == "undo"]
+    queue.claim_pair(engine, pair_id, users["root"]["id"])
+    queue.vote(engine, pair_id, users["root"]["id"], "a")
+    at.run()
+    assert not [b for b in at.button if b.key == "undo"]
+
+
+def test_own_recent_votes_are_listed(log):
+    engine, url, _, users = log
+    _, pair_id = run_with_pair(engine)
+    at = page("annotate_page", url, users["ann"]).run()
+    at.button(key="vote-both_bad").click().run()
+    assert any(t.startswith(f"pair {pair_id}: Both bad") and t.endswith("decided") for t in texts(at))
 
 
 def test_vote_after_the_run_was_cancelled_is_refused_with_a_message(log):

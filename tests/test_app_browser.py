@@ -1,0 +1,239 @@
+"""The Annotate page as a person at a 1366×768 laptop screen uses it, in a real Chromium
+(Playwright, /usr/bin/chromium): what fits on screen, fast key bursts, undo, the lease countdown,
+sessions across reloads. Each test has its own log and app server. No speed is asserted; every
+wait polls a condition with a generous time-out."""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from annotator.browser import free_port, launch, wait_empty, wait_pair
+from db import accounts, queue
+from db.engine import connect
+from db.models import Pair, Vote
+from dreamdpo.commands.annotate import start_app, stop_app, wait_ready
+from dreamdpo.images import png_bytes
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+TIMEOUT_S = 300  # only a hang takes this long, a loaded machine does not
+VIEWPORT = {"width": 1366, "height": 768}
+
+
+def views(seed: int, n: int = 4, side: int = 64) -> bytes:
+    """A candidate as the log stores it: n square views side by side."""
+    rng = np.random.default_rng(seed)
+    return png_bytes(rng.integers(0, 255, (side, n * side, 3), dtype=np.uint8))
+
+
+def until(condition, what: str, timeout: float = TIMEOUT_S):
+    end = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def serve(tmp_path, env: dict | None = None):
+    url = f"sqlite:///{tmp_path / 'log.sqlite'}"
+    engine = connect(url)
+    port = free_port()
+    proc = start_app(url, port, env={"DREAMDPO_POLL_S": "0.5", **(env or {})})
+    wait_ready(proc, port, timeout=TIMEOUT_S)
+    return engine, f"http://127.0.0.1:{port}", proc
+
+
+@pytest.fixture()
+def app(tmp_path):
+    engine, base, proc = serve(tmp_path)
+    try:
+        yield engine, base
+    finally:
+        stop_app(proc)
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+def open_page(browser, base: str, token: str):
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(TIMEOUT_S * 1000)
+    page = context.new_page()
+    page.goto(base)
+    page.locator("input[type=password]").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("heading", name="Annotate").wait_for()
+    return context, page
+
+
+def run_with_pairs(engine, n: int, votes_needed: int = 1) -> list[int]:
+    run_id = queue.create_run(engine, "a red cube", question="Which is redder?", status="running")
+    return [queue.post_pair(engine, run_id, i, views(2 * i), views(2 * i + 1), votes_needed=votes_needed)
+            for i in range(n)]
+
+
+def people_votes(engine) -> list:
+    with engine.connect() as c:
+        return c.execute(sa.select(Vote.pair_id, Vote.choice, Vote.retracted).where(Vote.annotator_id.is_not(None))
+                         .order_by(Vote.id)).all()
+
+
+def in_viewport(page, locator) -> bool:
+    box = locator.bounding_box()
+    return (box is not None and box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= VIEWPORT["width"]
+            and box["y"] + box["height"] <= VIEWPORT["height"])
+
+
+def test_both_candidates_the_buttons_and_the_prompt_fit_in_1366x768(app, browser):
+    engine, base = app
+    token = accounts.add_annotator(engine, "ann")
+    [pid] = run_with_pairs(engine, 1)
+    context, page = open_page(browser, base, token)
+    try:
+        wait_pair(page, pid)
+        images = page.locator('[data-testid="stImage"] img')
+        until(lambda: images.count() == 2 and page.evaluate(
+            "Array.from(document.querySelectorAll('[data-testid=\"stImage\"] img')).every(i => i.complete && i.naturalWidth > 0)"),
+            "the two candidates were not drawn")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "annotate-1366x768.png"))
+        for i in range(2):
+            assert in_viewport(page, images.nth(i)), f"candidate {i} is not inside the 1366×768 viewport"
+            shown = images.nth(i).bounding_box()
+            assert shown["width"] >= 2 * 128  # a 2×2 grid of views, each at least 128 px on screen
+        for name in ("Left better", "Right better", "Tie", "Both bad", "Skip"):
+            assert in_viewport(page, page.get_by_role("button", name=re.compile(f"^{name}"))), name
+        assert in_viewport(page, page.get_by_text("a red cube", exact=True))
+        # each key hint once, in the label
+        assert page.get_by_role("button", name=re.compile("^Tie")).inner_text().count("T") == 2  # "Tie · T"
+    finally:
+        context.close()
+
+
+def test_a_burst_of_ten_keys_stores_ten_votes(app, browser):
+    engine, base = app
+    token = accounts.add_annotator(engine, "ann")
+    pids = run_with_pairs(engine, 10)
+    context, page = open_page(browser, base, token)
+    try:
+        wait_pair(page, pids[0])
+        until(lambda: page.evaluate("!!window.__dreamdpoKeys"), "the key listener was not installed")
+        burst = ["ArrowLeft", "ArrowRight", "t", "b", "ArrowLeft", "ArrowRight", "t", "ArrowLeft", "b", "ArrowRight"]
+        for key in burst:
+            page.keyboard.press(key)  # no waiting in between: the page redraws meanwhile
+        votes = until(lambda: (v := people_votes(engine)) and len(v) >= 10 and v, "ten votes were not stored")
+        assert len(votes) == 10 and sorted(v.pair_id for v in votes) == pids
+        assert [v.choice for v in votes][2:4] == ["tie", "both_bad"]
+        page.get_by_text(re.compile(r"^Last: Right better stored for pair \d+")).wait_for()
+        wait_empty(page)
+    finally:
+        context.close()
+
+
+def test_undo_is_offered_only_while_it_can_succeed(app, browser):
+    engine, base = app
+    token = accounts.add_annotator(engine, "ann")
+    [shared] = run_with_pairs(engine, 1, votes_needed=2)
+    context, page = open_page(browser, base, token)
+    try:
+        wait_pair(page, shared)
+        page.get_by_role("button", name=re.compile("^Tie")).click()
+        page.get_by_role("button", name=re.compile("^Undo")).wait_for()
+        page.keyboard.press("u")
+        page.get_by_text(re.compile(f"Vote on pair {shared} undone")).wait_for()
+        assert [tuple(v)[1:] for v in people_votes(engine)] == [("tie", True)]
+        wait_pair(page, shared)
+        [single] = run_with_pairs(engine, 1, votes_needed=1)
+        page.get_by_role("button", name=re.compile("^Left better")).click()  # stays undecided (2 needed)
+        wait_pair(page, single)
+        page.get_by_role("button", name=re.compile("^Undo")).wait_for()
+        page.get_by_role("button", name=re.compile("^Right better")).click()  # decides at once
+        page.get_by_text(re.compile(f"stored for pair {single}")).wait_for()
+        wait_empty(page)
+        until(lambda: page.get_by_role("button", name=re.compile("^Undo")).count() == 0,
+              "an undo that cannot succeed was still offered", timeout=60)
+        page.get_by_text("Your recent votes").click()
+        page.get_by_text(re.compile(f"^pair {single}: Right better .* decided$")).wait_for()
+    finally:
+        context.close()
+
+
+def test_the_countdown_expires_a_pair_which_leaves_by_itself(tmp_path, browser):
+    engine, base, proc = serve(tmp_path, env={"DREAMDPO_LEASE_S": "6"})
+    try:
+        token = accounts.add_annotator(engine, "ann")
+        [pid] = run_with_pairs(engine, 1)
+        context, page = open_page(browser, base, token)
+        wait_pair(page, pid)
+        page.get_by_text(re.compile(r"^Time left: 0:0\d$")).wait_for()
+        page.get_by_text(f"Pair {pid} ran out of time before a vote").wait_for()
+        assert people_votes(engine) == []
+        context.close()
+    finally:
+        stop_app(proc)
+        engine.dispose()
+
+
+def test_skip_with_nobody_else_online_releases_the_pair_to_the_run_at_once(app, browser):
+    engine, base = app
+    token = accounts.add_annotator(engine, "ann")
+    [pid] = run_with_pairs(engine, 1)
+    context, page = open_page(browser, base, token)
+    try:
+        wait_pair(page, pid)
+        page.keyboard.press("s")
+        page.get_by_text(re.compile("nobody else is online")).wait_for()
+        with engine.connect() as c:
+            assert c.execute(sa.select(Pair.status).where(Pair.id == pid)).scalar() == "expired"
+        wait_empty(page)
+    finally:
+        context.close()
+
+
+def test_a_reload_keeps_the_session_and_sign_out_ends_it(app, browser):
+    engine, base = app
+    token = accounts.add_annotator(engine, "ann")
+    context, page = open_page(browser, base, token)
+    try:
+        assert token not in page.url
+        until(lambda: any(c["name"] == "dreamdpo_session" for c in context.cookies()), "no session cookie")
+        cookie = next(c for c in context.cookies() if c["name"] == "dreamdpo_session")
+        assert token not in cookie["value"]
+        page.reload()
+        page.get_by_role("heading", name="Annotate").wait_for()
+        other = context.new_page()  # a new tab of the same browser
+        other.goto(base)
+        other.get_by_role("heading", name="Annotate").wait_for()
+        other.close()
+        page.get_by_role("button", name="Sign out").click()
+        page.locator("input[type=password]").wait_for()
+        until(lambda: not any(c["name"] == "dreamdpo_session" for c in context.cookies()), "the cookie stayed")
+        page.reload()
+        page.locator("input[type=password]").wait_for()
+        # the old cookie, replayed, no longer signs anyone in
+        fresh = browser.new_context(viewport=VIEWPORT)
+        fresh.add_cookies([cookie])
+        p2 = fresh.new_page()
+        p2.goto(base)
+        p2.locator("input[type=password]").wait_for()
+        assert p2.get_by_role("heading", name="Annotate").count() == 0
+        fresh.close()
+    finally:
+        context.close()
