@@ -385,3 +385,13 @@ def test_tiny_qwen2vl_by_hub_id_from_the_local_cache(tiny_qwen, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "OK lmm:tiny/qwen2vl" in out.stdout
+
+
+def test_cost_estimate_counts_calls_and_tokens(endpoint):
+    judge = api_judge()  # one question (overall), pairwise: 2 calls per comparison
+    est = judge.estimate("a red cube", n_compares=100, n_views=4, resolution=256)
+    # 4 views tile into 512×512, shrunk to 448 → 16×16 = 256 tokens per image, 2 images per call
+    assert est["calls"] == 200 and est["questions"] == 1 and est["tokens"] > 200 * 512
+    per_view = api_judge(per_view=True).estimate("a red cube", n_compares=100, n_views=4, resolution=256)
+    assert per_view["calls"] == 800
+    assert judge.calls_per_compare("a red cube", 4) == 2

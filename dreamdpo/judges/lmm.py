@@ -82,7 +82,7 @@ class LMMConfig:
     criteria: list[str] = field(default_factory=lambda: ["overall"])  # any of CRITERIA
     questions: list[str] = field(default_factory=list)  # custom per-run questions (statements or questions)
     per_view: bool = False  # judge each view alone (per-view scores) instead of one tiled image
-    image_size: int = 448  # longest side of each image sent, in pixels
+    image_size: int = 448  # images sent are shrunk to this longest side, in pixels (never enlarged)
     timeout_s: float = 60.0  # per request (HTTP back-end)
     retries: int = 3  # extra attempts on 429/5xx/time-outs (HTTP back-end)
     backoff_s: float = 1.0  # first back-off; doubles each retry, with jitter
@@ -193,7 +193,7 @@ def yesno_content(prompt: str, q: Question, image: Image.Image) -> list:
 
 def to_pil(views: Tensor, size: int) -> Image.Image:
     """[V,3,H,W] in [0,1] → one RGB image: a single view, or the views tiled in a near-square grid,
-    resized so that its longest side is `size`."""
+    shrunk so that its longest side is at most `size` (never enlarged: more pixels, same content, more tokens)."""
     arr = to_uint8(views)
     v, h, w, _ = arr.shape
     cols = math.ceil(math.sqrt(v))
@@ -204,6 +204,8 @@ def to_pil(views: Tensor, size: int) -> Image.Image:
         grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = arr[i]
     img = Image.fromarray(grid)
     scale = size / max(img.size)
+    if scale >= 1:
+        return img
     return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
 
 
@@ -529,7 +531,7 @@ class LMMJudge(Judge):
         tiles = 1 if self.cfg.per_view else n_views
         cols = math.ceil(math.sqrt(tiles))
         w, h = cols * resolution, math.ceil(tiles / cols) * resolution
-        scale = min(1.0, self.cfg.image_size / max(w, h)) if self.cfg.image_size else 1.0
+        scale = min(1.0, self.cfg.image_size / max(w, h))
         img_tokens = max(1, round(w * scale / 28)) * max(1, round(h * scale / 28))
         n_img = 2 if self.cfg.mode == "pairwise" else 1
         per_q = [n_img * img_tokens + len(q.pairwise if n_img == 2 else q.yesno) // 4 + 40 + 1 for q in qs]
