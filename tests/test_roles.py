@@ -285,7 +285,7 @@ def browser(served):
 def open_signed_in(browser, url: str, token: str):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
-    page.goto(url)
+    page.goto(url, timeout=120_000)
     page.locator("input[type=password]").fill(token)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_text(re.compile(r"^Signed in as")).wait_for(timeout=60_000)

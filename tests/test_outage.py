@@ -1,0 +1,285 @@
+"""Outages of the log: the back-off helper the run uses, a PostgreSQL stop and start (this module's
+own server), and a SQLite file deleted or replaced under a running process or app.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from streamlit.testing.v1 import AppTest
+
+from annotator.guard import UNREACHABLE
+from db import accounts, queue
+from db import engine as db_engine
+from db.engine import connect, is_transient, ping, retry
+from db.errors import LogError, LogGone, LogUnreachable
+from dreamdpo.images import png_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "annotator" / "app.py")
+
+
+def png(value: int) -> bytes:
+    import numpy as np
+
+    return png_bytes(np.full((8, 8, 3), value, dtype=np.uint8))
+
+
+def refused() -> sa.exc.OperationalError:
+    return sa.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+
+# ----------------------------------------------------------------------------- retry, pure
+def test_retry_backs_off_through_transient_failures():
+    failures, waits = [refused(), refused(), refused(), refused()], []
+
+    def flaky():
+        if failures:
+            raise failures.pop()
+        return "ok"
+
+    told = []
+    assert retry(flaky, timeout_s=600, first_delay_s=0.5, max_delay_s=2.0, sleep=waits.append,
+                 on_retry=lambda e, wait: told.append(wait)) == "ok"
+    assert waits == [0.5, 1.0, 2.0, 2.0] and told == waits
+
+
+def test_retry_raises_at_once_what_retrying_cannot_fix():
+    for error in (LogGone("gone"), LogError("refused"), sa.exc.IntegrityError("INSERT", {}, Exception("dup")),
+                  ValueError("bug")):
+        calls = []
+
+        def fail(error=error):
+            calls.append(1)
+            raise error
+
+        with pytest.raises(type(error)):
+            retry(fail, timeout_s=600, sleep=lambda s: None)
+        assert len(calls) == 1
+
+
+def test_retry_gives_up_after_its_time_with_one_line():
+    def down():
+        raise refused()
+
+    with pytest.raises(LogUnreachable, match="unreachable for 0 s") as info:
+        retry(down, timeout_s=0.0, sleep=lambda s: None)
+    assert "\n" not in str(info.value)
+
+
+def test_which_failures_are_transient():
+    sqlite = __import__("sqlite3")
+    locked = sa.exc.OperationalError("BEGIN", {}, sqlite.OperationalError("database is locked"))
+    no_table = sa.exc.OperationalError("SELECT", {}, sqlite.OperationalError("no such table: runs"))
+    assert is_transient(refused()) and is_transient(locked) and is_transient(LogUnreachable("x"))
+    assert not is_transient(no_table) and not is_transient(LogGone("x")) and not is_transient(ValueError())
+
+
+# ----------------------------------------------------------------------------- SQLite file identity
+@pytest.fixture
+def sqlite_log(tmp_path):
+    path = tmp_path / "log.sqlite"
+    url = f"sqlite:///{path}"
+    engine = connect(url)
+    token = accounts.add_annotator(engine, "ann")
+    me = accounts.authenticate(engine, token)["id"]
+    run_id = queue.create_run(engine, "a red cube", status="running")
+    pair = queue.post_pair(engine, run_id, 0, png(1), png(2))
+    yield dict(path=path, url=url, engine=engine, token=token, me=me, pair=pair)
+    db_engine._ENGINES.pop(url, None)
+    engine.dispose()
+
+
+def remove_log(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def test_a_deleted_log_file_stops_every_call_instead_of_losing_votes(sqlite_log):
+    engine, me, pair = sqlite_log["engine"], sqlite_log["me"], sqlite_log["pair"]
+    assert queue.claim_next(engine, me)["pair_id"] == pair
+    remove_log(sqlite_log["path"])
+    for call in (lambda: queue.vote(engine, pair, me, "a"), lambda: queue.claim_next(engine, me),
+                 lambda: accounts.list_annotators(engine), lambda: ping(engine)):
+        with pytest.raises(LogGone, match="deleted"):
+            call()
+    assert not sqlite_log["path"].exists()  # nothing recreated an empty log behind the user's back
+
+
+def test_a_replaced_log_file_is_detected(sqlite_log, tmp_path):
+    engine, me = sqlite_log["engine"], sqlite_log["me"]
+    other = tmp_path / "other.sqlite"
+    connect(f"sqlite:///{other}").dispose()
+    db_engine._ENGINES.pop(f"sqlite:///{other}", None)
+    before = other.read_bytes()
+    remove_log(sqlite_log["path"])
+    shutil.copy(other, sqlite_log["path"])
+    with pytest.raises(LogGone, match="replaced"):
+        queue.claim_next(engine, me)
+    with pytest.raises(LogGone):
+        retry(lambda: queue.claim_next(engine, me), timeout_s=600, sleep=lambda s: None)  # never retried
+    assert sqlite_log["path"].read_bytes() == before
+
+
+def test_the_app_stops_with_a_message_when_its_log_file_is_deleted(sqlite_log, monkeypatch):
+    monkeypatch.setenv("DREAMDPO_DB", sqlite_log["url"])
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.text_input[0].input(sqlite_log["token"])
+    at.button[0].click().run()
+    assert at.session_state["pair"]["pair_id"] == sqlite_log["pair"]
+    remove_log(sqlite_log["path"])
+    at.button(key="vote-left").click().run()
+    assert not at.exception
+    assert any("deleted" in e.value for e in at.error)
+    assert not [b for b in at.button if b.key and str(b.key).startswith("vote-")]
+    at.run()  # and again at the next poll or click
+    assert not at.exception and any("deleted" in e.value for e in at.error)
+
+
+# ----------------------------------------------------------------------------- PostgreSQL stop and start
+@pytest.fixture(scope="module")
+def pg():
+    """A cluster of this module's own, so that stopping it disturbs no other test."""
+    from db import pg_cluster
+
+    if pg_cluster.pg_bin() is None:
+        pytest.skip("PostgreSQL server binaries not found; install Debian `postgresql` (make system-deps)")
+    server = pg_cluster.PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def pg_ctl(server, *args: str) -> None:
+    server._run(str(server.bin / "pg_ctl"), "-D", str(server.data), *args)
+
+
+def pg_stop(server) -> None:
+    pg_ctl(server, "-m", "fast", "-w", "stop")
+
+
+def pg_start(server) -> None:
+    """Start again with the options of the first start (postmaster.opts)."""
+    pg_ctl(server, "-w", "-t", "60", "-l", str(server.root / "log"), "restart")
+
+
+@pytest.mark.slow
+def test_retry_carries_a_call_through_a_postgresql_restart(pg):
+    url = pg.database()
+    engine = connect(url)
+    accounts.add_annotator(engine, "ann")
+    pg_stop(pg)
+    outages = []
+
+    def back_up(error, wait):
+        outages.append(str(error).splitlines()[0])
+        if len(outages) == 2:  # the server comes back while the caller is waiting
+            pg_start(pg)
+
+    try:
+        with pytest.raises(LogUnreachable):
+            ping(engine)
+        names = retry(lambda: [a["name"] for a in accounts.list_annotators(engine)], timeout_s=300,
+                      first_delay_s=0.05, on_retry=back_up)
+    finally:
+        pg_start(pg)
+    assert names == ["ann"] and len(outages) == 2
+    token = accounts.add_annotator(engine, "bob")  # writes work again on the same engine
+    assert accounts.authenticate(engine, token)["name"] == "bob"
+
+
+@pytest.mark.slow
+def test_the_app_says_the_log_is_unreachable_then_carries_on(pg, monkeypatch):
+    url = pg.database()
+    engine = connect(url)
+    token = accounts.add_annotator(engine, "ann")
+    run_id = queue.create_run(engine, "a red cube", status="running")
+    pair = queue.post_pair(engine, run_id, 0, png(1), png(2))
+    monkeypatch.setenv("DREAMDPO_DB", url)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.text_input[0].input(token)
+    at.button[0].click().run()
+    assert at.session_state["pair"]["pair_id"] == pair
+    pg_stop(pg)
+    try:
+        at.button(key="vote-left").click().run()  # a vote clicked on the page while the server is down
+        assert not at.exception
+        assert [w.value for w in at.warning] == [UNREACHABLE]
+        at.run()  # the next poll: still down, still the message
+        assert not at.exception and [w.value for w in at.warning] == [UNREACHABLE]
+    finally:
+        pg_start(pg)
+    at.run()
+    assert not at.exception and UNREACHABLE not in [w.value for w in at.warning]
+    assert any("not stored" in w.value for w in at.warning)  # what happened to the click is said once back
+    assert queue.get_decision(engine, pair) is None  # the vote clicked while down was not stored ...
+    assert at.session_state["pair"]["pair_id"] == pair  # ... and the same pair, still leased, is shown again
+    at.button(key="vote-left").click().run()
+    assert queue.get_decision(engine, pair) is not None
+
+
+def test_ping_on_a_healthy_log(sqlite_log):
+    ping(sqlite_log["engine"])
+    assert os.path.exists(sqlite_log["path"])
+
+
+# ----------------------------------------------------------------------------- the same in a real browser
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_in_a_browser_the_page_comes_back_by_itself_after_an_outage(pg):
+    """No reload, no click: the annotate pane and a page opened while the log was down both recover."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs Debian chromium at /usr/bin/chromium (make system-deps)")
+    pytest.importorskip("playwright")
+    import re
+    import socket
+
+    from playwright.sync_api import sync_playwright
+
+    from dreamdpo.commands.annotate import start_app, stop_app, wait_ready
+
+    url = pg.database()
+    engine = connect(url)
+    token = accounts.add_annotator(engine, "ann")
+    pair = queue.post_pair(engine, queue.create_run(engine, "a red cube", status="running"), 0, png(1), png(2))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = start_app(url, port, env={"DREAMDPO_RETRY_S": "1"})
+    try:
+        wait_ready(proc, port, timeout=180)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}", timeout=120_000)
+            page.locator("input[type=password]").fill(token)
+            page.get_by_role("button", name="Sign in").click()
+            shown = page.get_by_text(re.compile(rf"pair {pair}$"))
+            shown.wait_for(timeout=120_000)
+            pg_stop(pg)
+            try:
+                page.get_by_text(UNREACHABLE).wait_for(timeout=120_000)
+                other = browser.new_page()  # someone signing in while the log is down
+                other.goto(f"http://127.0.0.1:{port}", timeout=120_000)
+                other.locator("input[type=password]").fill(token)
+                other.get_by_role("button", name="Sign in").click()
+                other.get_by_text(UNREACHABLE).wait_for(timeout=120_000)
+            finally:
+                pg_start(pg)
+            shown.wait_for(timeout=120_000)
+            page.get_by_text(UNREACHABLE).wait_for(state="detached", timeout=120_000)
+            other.get_by_text(UNREACHABLE).wait_for(state="detached", timeout=120_000)  # the app reran by itself
+            other.locator("input[type=password]").wait_for(timeout=120_000)  # to the sign-in form
+            browser.close()
+    finally:
+        stop_app(proc)
