@@ -127,6 +127,15 @@ def _cancel_pending(s: Session, run_id: int) -> None:
     s.execute(sa.update(Pair).where(Pair.run_id == run_id, Pair.status == "pending").values(status="cancelled"))
 
 
+def expire_waiting(engine, run_id: int) -> int:
+    """The run's pairs still waiting for people become expired (the run ended or stopped waiting:
+    nobody should vote on them for nothing); returns how many."""
+    with Session(engine) as s, s.begin():
+        done = s.execute(sa.update(Pair).where(Pair.run_id == run_id, Pair.status == "pending",
+                                               Pair.kind == "live").values(status="expired"))
+        return int(done.rowcount or 0)
+
+
 def cancel_run(engine, run_id: int) -> None:
     """Status cancelled; its pending pairs are cancelled and votes on them refused from now on."""
     set_run_status(engine, run_id, "cancelled")
@@ -137,24 +146,26 @@ def post_pair(engine, run_id: int, step: int, image_a: bytes, image_b: bytes, *,
               view: int = -1, t: int | None = None, t_b: int | None = None, seed_a: int | None = None,
               seed_b: int | None = None, cameras: list | None = None, votes_needed: int = 1,
               deadline: datetime | None = None, kind: str = "live", gold_answer: str | None = None,
-              duplicate_of: int | None = None, question: str | None = None, status: str = "pending") -> int:
-    """Post a pair for people (or, with status 'decided', a record). Images are PNG bytes."""
+              duplicate_of: int | None = None, question: str | None = None, status: str = "pending",
+              distance: float | None = None) -> int:
+    """Post a pair for people (or, with status 'decided', a record; 'indistinct', a pair whose candidates
+    nobody could tell apart, kept only as a record of the step). Images are PNG bytes."""
     with Session(engine) as s, s.begin():
         return _insert_pair(s, run_id, step, image_a, image_b, render_image=render_image, view=view, t=t, t_b=t_b,
                             seed_a=seed_a, seed_b=seed_b, cameras=cameras, votes_needed=votes_needed,
                             deadline=deadline, kind=kind, gold_answer=gold_answer, duplicate_of=duplicate_of,
-                            question=question, status=status)
+                            question=question, status=status, distance=distance)
 
 
 def _insert_pair(s: Session, run_id, step, image_a, image_b, *, render_image=None, view=-1, t=None, t_b=None,
                  seed_a=None, seed_b=None, cameras=None, votes_needed=1, deadline=None, kind="live",
-                 gold_answer=None, duplicate_of=None, question=None, status="pending") -> int:
+                 gold_answer=None, duplicate_of=None, question=None, status="pending", distance=None) -> int:
     if kind not in PAIR_KINDS:
         raise LogError(f"pair kind {kind!r} is not one of {', '.join(PAIR_KINDS)}")
     if not isinstance(votes_needed, int) or votes_needed < 1:
         raise LogError(f"votes_needed must be a whole number ≥ 1, not {votes_needed!r}")
-    if status not in ("pending", "decided"):
-        raise LogError(f"a pair is posted as pending or decided, not {status!r}")
+    if status not in ("pending", "decided", "indistinct"):
+        raise LogError(f"a pair is posted as pending, decided or indistinct, not {status!r}")
     if gold_answer is not None and gold_answer not in ("a", "b", "tie", "both_bad"):
         raise LogError(f"gold answer {gold_answer!r} is not one of a, b, tie, both_bad")
     run = s.get(Run, run_id)
@@ -168,7 +179,7 @@ def _insert_pair(s: Session, run_id, step, image_a, image_b, *, render_image=Non
                 seed_b=_int(seed_b), camera=cameras, image_a=put_image(s, image_a), image_b=put_image(s, image_b),
                 render_image=None if render_image is None else put_image(s, render_image), question=question,
                 status=status, votes_needed=votes_needed, kind=kind, gold_answer=gold_answer,
-                duplicate_of=duplicate_of, deadline=deadline)
+                duplicate_of=duplicate_of, deadline=deadline, distance=_float(distance))
     s.add(pair)
     s.flush()
     return pair.id
@@ -219,15 +230,15 @@ def _claim_dict(s: Session, pair: Pair, claim: Claim) -> dict:
                 view=pair.view, image_a=pngs[pair.image_a], image_b=pngs[pair.image_b],
                 render_image=pngs.get(pair.render_image) if pair.render_image else None,
                 expires_at=claim.expires_at, votes_needed=pair.votes_needed, votes_in=int(votes_in),
-                deadline=pair.deadline)
+                deadline=pair.deadline, cameras=pair.camera)
 
 
 def claim_next(engine, annotator_id: int, lease_seconds: float = 120) -> dict | None:
     """Lease the next pair for this person, or give back the one they already hold.
 
-    Order: live pairs of running runs (oldest first), then audit/gold/duplicate/arena pairs, then live
-    pairs of runs that are not running. Never a pair they voted on (skips included); at most
-    votes_needed people hold or voted a pair."""
+    Order: live pairs of running runs (oldest first), then audit/gold/duplicate/arena pairs; live pairs
+    of runs that are not running wait until their run runs again. Never a pair they voted on (skips
+    included); at most votes_needed people hold or voted a pair."""
     now = utcnow()
     with Session(engine) as s, s.begin():
         _annotator(s, annotator_id)
@@ -260,11 +271,11 @@ def claim_pair(engine, pair_id: int, annotator_id: int, lease_seconds: float = 1
         return _claim_first(s, [pair_id], annotator_id, now, lease_seconds)
 
 
-_TIERS = (
-    sa.and_(Pair.kind == "live", Run.status == "running"),
-    sa.and_(Pair.kind != "live", Run.status != "cancelled"),
-    sa.and_(Pair.kind == "live", Run.status.not_in(("running", "cancelled"))),
-)
+# The queue's policies, in order (like Label Studio's next-task policies). A live pair of a run that is
+# not running is never offered: nobody would use the vote until the run comes back.
+LIVE_FIRST = sa.and_(Pair.kind == "live", Run.status == "running")
+THEN_AUDIT_AND_QC = sa.and_(Pair.kind != "live", Run.status != "cancelled")
+_TIERS = (LIVE_FIRST, THEN_AUDIT_AND_QC)
 
 
 # Built once: composing these expressions costs more CPU than running them.
@@ -485,17 +496,29 @@ def get_decision(engine, pair_id: int) -> dict | None:
     return dict(row)
 
 
-def wait_for_decision(engine, pair_id: int, timeout: float, poll: float = 0.05) -> dict | None:
+def wait_for_decision(engine, pair_id: int, timeout: float, poll: float = 0.05,
+                      cancelled=None, check_every: float = 0.5) -> dict | None:
     """Poll for the decision (short read transactions). On timeout the pair is marked expired so
-    that late votes are refused, and None is returned (unless the decision landed meanwhile)."""
+    that late votes are refused, and None is returned (unless the decision landed meanwhile).
+    `cancelled()`, asked every `check_every` seconds, ends the wait early with None (pair left as is).
+    An interrupt (Ctrl-C) expires the pair before it propagates: nobody votes on it for nothing."""
     end = time.monotonic() + timeout
-    while True:
-        d = get_decision(engine, pair_id)
-        if d is not None:
-            return d
-        if time.monotonic() >= end:
-            break
-        time.sleep(min(poll, max(0.0, end - time.monotonic())))
+    next_check = time.monotonic() + check_every
+    try:
+        while True:
+            d = get_decision(engine, pair_id)
+            if d is not None:
+                return d
+            if time.monotonic() >= end:
+                break
+            if cancelled is not None and time.monotonic() >= next_check:
+                next_check = time.monotonic() + check_every
+                if cancelled():
+                    return None
+            time.sleep(min(poll, max(0.0, end - time.monotonic())))
+    except KeyboardInterrupt:
+        wait_for_decision(engine, pair_id, 0.0)
+        raise
     with Session(engine) as s, s.begin():
         pair = _lock_pair(s, pair_id)
         existing = s.get(Decision, pair_id)

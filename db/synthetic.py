@@ -160,6 +160,8 @@ def write_log(engine, spec: SyntheticSpec = SyntheticSpec(), image_size: int = 1
     pairs, votes = synthetic_log(spec)
     run_ids = {r: queue.create_run(engine, prompt=f"synthetic prompt {r}", backbone="synthetic",
                                    name=f"synthetic-{r}") for r in sorted(pairs["run_id"].unique())}
+    for run_id in run_ids.values():  # people are only offered live pairs of running runs
+        queue.set_run_status(engine, run_id, "running")
     people = {who: accounts.authenticate(engine, accounts.add_annotator(engine, who))["id"] for who in ANNOTATORS}
     ids: dict[int, int] = {}
     by_pair = {pid: grp for pid, grp in votes.groupby("pair_id", sort=False)}
@@ -194,6 +196,8 @@ def write_log(engine, spec: SyntheticSpec = SyntheticSpec(), image_size: int = 1
                     queue.vote(engine, pid, who, other, shown_left=v.shown_left, latency_ms=latency)
                     assert queue.undo_vote(engine, pid, who)
             queue.vote(engine, pid, who, v.choice, shown_left=v.shown_left, latency_ms=latency)
+    for run_id in run_ids.values():
+        queue.set_run_status(engine, run_id, "finished")
     return ids
 
 

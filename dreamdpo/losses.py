@@ -32,6 +32,10 @@ class DPOConfig:
       (False: the formula of METHOD.md §1.7, which is also what the reference code does), or the
       guided ε̂_cfg^lose (True: the symmetric Diffusion-DPO reading).
     - variant: 'noise' (one t, two noises; default) or 'timestep' (one noise, t1 ≠ t2).
+    - min_distance: candidates whose 8-bit pixels differ by less than this on average (0–1) are
+      indistinct: no judge and no person sees them, and they count as a tie (pull only).
+    - redraws: an indistinct pair is drawn again with fresh noises at a higher t (up to the top of
+      the schedule), at most this many times, before it is left indistinct.
     """
 
     tau: float = 0.001
@@ -39,6 +43,8 @@ class DPOConfig:
     pull_subtract_noise: bool = True
     push_uses_cfg: bool = False
     variant: Literal["noise", "timestep"] = "noise"
+    min_distance: float = 0.005
+    redraws: int = 3
 
     def __post_init__(self) -> None:
         if not self.tau >= 0:  # also rejects NaN
@@ -47,6 +53,10 @@ class DPOConfig:
             raise UserError(f"dpo.rule must be 'piecewise' or 'smooth', got {self.rule!r}")
         if self.variant not in ("noise", "timestep"):
             raise UserError(f"dpo.variant must be 'noise' or 'timestep', got {self.variant!r}")
+        if not 0 <= self.min_distance < 1:
+            raise UserError(f"dpo.min_distance must be in [0, 1) (mean pixel difference), got {self.min_distance}")
+        if self.redraws < 0:
+            raise UserError(f"dpo.redraws must be ≥ 0, got {self.redraws}")
 
 
 @dataclass
@@ -59,9 +69,12 @@ class Member:
     w: Tensor | float
 
 
-def push_weight(gap: float, cfg: DPOConfig) -> float:
-    """How much of the push branch fires: piecewise → 1 if gap ≥ τ else 0 (so gap == τ pushes);
-    smooth → clamp(gap/τ, 0, 1), with τ = 0 → 1."""
+def push_fraction(winner: str, gap: float, skip: bool, cfg: DPOConfig) -> float:
+    """λ, how much of the push branch a verdict fires: 0 for a skip or a tie (there is no loser,
+    whatever τ); piecewise → 1 if gap ≥ τ else 0 (so gap == τ pushes); smooth → clamp(gap/τ, 0, 1),
+    with τ = 0 → 1."""
+    if skip or winner == "tie":
+        return 0.0
     if cfg.rule == "piecewise":
         return 1.0 if gap >= cfg.tau else 0.0
     if cfg.tau == 0:
@@ -69,24 +82,26 @@ def push_weight(gap: float, cfg: DPOConfig) -> float:
     return min(max(gap / cfg.tau, 0.0), 1.0)
 
 
-def dreamdpo_grad(win: Member, lose: Member, gap: float, cfg: DPOConfig) -> Tensor:
-    """The gradient injected into z for one judged pair (METHOD.md §1.7)."""
-    return mixed_grad(win, lose, push_weight(gap, cfg), cfg)
+def preference_grad(a: Member, b: Member, winner: str, gap: float, skip: bool, cfg: DPOConfig) -> Tensor:
+    """The gradient one judged pair injects into z (docs/method.md, "The step"): the only place
+    where a verdict becomes a gradient.
 
-
-def mixed_grad(win: Member, lose: Member, lam: float, cfg: DPOConfig) -> Tensor:
-    """λ·(pull win + push lose) + (1 − λ)·(pull only); λ from push_weight, or 0 where there is no
-    loser to push (a person's tie)."""
+    skip → 0 (no update); otherwise, with win/lose from the verdict (a tie pulls a) and
+    λ = push_fraction: λ·(pull win − push lose) + (1 − λ)·pull-only, where
+    pull = w·(ε̂_cfg^win − ε^win), push = w·(ε^lose_pred − ε^lose) with ε^lose_pred the guided
+    prediction (push_uses_cfg) or the conditional one, and pull-only = pull, or w·ε̂_cfg^win
+    without the noise (the reference code's branch, pull_subtract_noise=False)."""
+    if skip:
+        return torch.zeros_like(a.eps_cfg)
+    win, lose = (b, a) if winner == "b" else (a, b)
+    lam = push_fraction(winner, gap, skip, cfg)
     pull = win.w * (win.eps_cfg - win.noise)
-    lose_eps = lose.eps_cfg if cfg.push_uses_cfg else lose.eps_cond
-    push = lose.w * (lose_eps - lose.noise)
-    both = pull - push
     pull_only = pull if cfg.pull_subtract_noise else win.w * win.eps_cfg
-    if lam == 1.0:
-        return both
     if lam == 0.0:
         return pull_only
-    return lam * both + (1.0 - lam) * pull_only
+    lose_eps = lose.eps_cfg if cfg.push_uses_cfg else lose.eps_cond
+    both = pull - lose.w * (lose_eps - lose.noise)
+    return both if lam == 1.0 else lam * both + (1.0 - lam) * pull_only
 
 
 def surrogate_loss(z: Tensor, grad: Tensor) -> Tensor:

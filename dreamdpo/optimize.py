@@ -19,6 +19,7 @@ import yaml
 from tqdm import tqdm
 
 from dreamdpo import losses
+from dreamdpo.images import pixel_distance
 from dreamdpo.cameras import Cameras, orbit_cameras, random_cameras
 from dreamdpo.config import RunConfig
 from dreamdpo.errors import UserError
@@ -27,10 +28,7 @@ from dreamdpo.judges.base import Judge, JudgeContext, Judgement
 from dreamdpo.priors.base import DiffusionPrior
 from dreamdpo.recording import Recorder
 from dreamdpo.render import Renderer
-
-# streams of the per-step random generators
-CAMERAS, BACKGROUND, TIMESTEP, NOISE_A, NOISE_B = range(5)
-
+from dreamdpo.seeding import Stream, generator, step_seed
 
 @dataclass
 class RunResult:
@@ -41,15 +39,6 @@ class RunResult:
     test_views: torch.Tensor | None = None  # [N,3,H,W] turntable frames in [0,1]
     test_cameras: Cameras | None = None
     outputs: dict = field(default_factory=dict)
-
-
-def step_seed(seed: int, step: int, stream: int) -> int:
-    """A distinct 63-bit seed per (run seed, step, stream); pure arithmetic, so stable across runs."""
-    return ((seed * 1_000_003 + step) * 7919 + stream * 104_729 + 17) % (2**63 - 1)
-
-
-def generator(seed: int, step: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(step_seed(seed, step, stream))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,26 +102,32 @@ def load_run_judge(cfg: RunConfig, device: torch.device) -> Judge | None:
 # ---------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: Path, step: int, renderer, optimizer, cfg: RunConfig) -> None:
+def save_checkpoint(path: Path, step: int, renderer, optimizer, cfg: RunConfig, judge: Judge | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "step": step,
         "renderer": renderer.state_dict(),  # includes field and background parameters
         "optimizer": optimizer.state_dict(),
+        "judge": judge.state_dict() if judge is not None else {},  # what the judge learned (people's taste)
         "config": cfg.to_dict(),
     }
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no .tmp behind
 
 
-def load_checkpoint(path: Path, renderer, optimizer, device) -> int:
+def load_checkpoint(path: Path, renderer, optimizer, device, judge: Judge | None = None) -> int:
     if not path.exists():
         raise UserError(f"no checkpoint to resume from at {path}; run without --resume to start fresh")
     try:
         state = torch.load(path, map_location=device, weights_only=False)
         renderer.load_state_dict(state["renderer"])
         optimizer.load_state_dict(state["optimizer"])
+        if judge is not None:
+            judge.load_state_dict(state.get("judge") or {})
         return int(state["step"])
     except Exception as e:  # torch raises many types for a damaged file
         raise UserError(
@@ -146,31 +141,59 @@ def load_checkpoint(path: Path, renderer, optimizer, device) -> int:
 
 @dataclass
 class Candidates:
-    """Both pair members of one step for the whole batch (one prior call)."""
+    """Both pair members of one step for the whole batch (one prior call per draw)."""
 
     t: torch.Tensor  # [2, B] integer timesteps of members a, b
     noise: torch.Tensor  # [2, B, ...]
     eps_cfg: torch.Tensor  # [2, B, ...]
     eps_cond: torch.Tensor  # [2, B, ...]
     images: torch.Tensor  # [2, B, 3, H, W] decoded one-step estimates x̂0 (what judges see)
+    seeds: tuple[int, int] = (0, 0)  # the noise seeds of members a, b (logged; regenerate the pair)
+    distance: list[float] = field(default_factory=list)  # per camera group, in the log's pixel space
+    draws: int = 1  # 1 + the redraws an indistinct pair needed
 
 
 def make_candidates(
     prior: DiffusionPrior, z: torch.Tensor, cams: Cameras, cond, cfg: RunConfig, step: int, two: bool
 ) -> Candidates:
     """Noise the latent with two noises at one t (or, variant 'timestep', one noise at t1 ≠ t2) and run
-    ONE batched prior call for both members. With two=False (SDS) member b is a copy of a."""
-    B, T = z.shape[0], prior.num_train_timesteps
-    g_t = generator(cfg.seed, step, TIMESTEP)
+    ONE batched prior call for both members. With two=False (SDS) member b is a copy of a.
+
+    A pair whose candidates a person could not tell apart (any camera group closer than
+    dpo.min_distance) is drawn again with fresh noises at a higher t, up to dpo.redraws times: at low t
+    the prior's posterior is so narrow that both noises give the same x̂0."""
+    B, T, V = z.shape[0], prior.num_train_timesteps, prior.n_views
     timestep_variant = two and cfg.dpo.variant == "timestep"
     t_a, t_b = losses.sample_timesteps(
         step, T, t_start=cfg.schedule.t_start, t_end=cfg.schedule.t_end,
-        anneal_steps=cfg.schedule.t_anneal_steps, distinct=timestep_variant, generator=g_t,
+        anneal_steps=cfg.schedule.t_anneal_steps, distinct=timestep_variant,
+        generator=generator(cfg.seed, step, Stream.TIMESTEP),
     )
-    t = torch.tensor([[t_a] * B, [t_b if two else t_a] * B], device=z.device)
-    n_a = torch.randn(z.shape, generator=generator(cfg.seed, step, NOISE_A)).to(z)
-    n_b = n_a if (timestep_variant or not two) else torch.randn(
-        z.shape, generator=generator(cfg.seed, step, NOISE_B)).to(z)
+    top = min(T - 1, int(T * max(cfg.schedule.t_start[1], cfg.schedule.t_end[1])))
+    redraws = cfg.dpo.redraws if two else 0
+    for k in range(redraws + 1):
+        if k:  # climb towards the top of the schedule in equal steps
+            lift = (top - min(t_a, t_b)) * k // redraws
+            t_a, t_b = min(t_a + lift, top), min(t_b + lift, top)
+        seeds = (step_seed(cfg.seed, step, Stream.NOISE_A, k), step_seed(cfg.seed, step, Stream.NOISE_B, k))
+        c = _predict_pair(prior, z, cams, cond, cfg, (t_a, t_b), seeds, two, timestep_variant)
+        if not two:
+            return c
+        c.distance = [pixel_distance(c.images[0, g * V:(g + 1) * V], c.images[1, g * V:(g + 1) * V])
+                      for g in range(B // V)]
+        c.draws = k + 1
+        if min(c.distance) >= cfg.dpo.min_distance:
+            break
+    return c
+
+
+def _predict_pair(prior, z, cams, cond, cfg, ts: tuple[int, int], seeds: tuple[int, int], two: bool,
+                  one_noise: bool) -> Candidates:
+    B = z.shape[0]
+    t = torch.tensor([[ts[0]] * B, [ts[1] if two else ts[0]] * B], device=z.device)
+    n_a = torch.randn(z.shape, generator=torch.Generator().manual_seed(seeds[0])).to(z)
+    n_b = n_a if (one_noise or not two) else torch.randn(
+        z.shape, generator=torch.Generator().manual_seed(seeds[1])).to(z)
     noise = torch.stack([n_a, n_b])
     members = 2 if two else 1
     with torch.no_grad():
@@ -189,38 +212,31 @@ def make_candidates(
             images = torch.empty(0)
     if not two:
         eps_cfg, eps_cond = eps_cfg.expand(2, *z.shape), eps_cond.expand(2, *z.shape)
-    return Candidates(t, noise, eps_cfg, eps_cond, images)
+    return Candidates(t, noise, eps_cfg, eps_cond, images, seeds=seeds if two else (seeds[0], seeds[0]))
+
+
+def indistinct(distance: float) -> Judgement:
+    """The verdict of a pair nobody could tell apart: a tie (pull only) that no judge or person gave."""
+    return Judgement(winner="tie", gap=0.0, judge="indistinct", extra={"source": "indistinct", "distance": distance})
 
 
 def injected_gradient(
     prior: DiffusionPrior, z: torch.Tensor, c: Candidates, verdicts: list[Judgement | None], cfg: RunConfig
 ) -> torch.Tensor:
-    """The gradient injected into z (METHOD.md §1.7), per camera group. verdicts[g] is None for SDS."""
+    """The gradient injected into z, per camera group: SDS where verdicts[g] is None, else
+    losses.preference_grad of the group's verdict."""
     V = len(z) // len(verdicts)
     grad = torch.zeros_like(z, dtype=torch.float32)
-    for g, verdict in enumerate(verdicts):
+    for g, v in enumerate(verdicts):
         sl = slice(g * V, (g + 1) * V)
-        member = lambda i: losses.Member(  # noqa: E731
-            eps_cfg=c.eps_cfg[i, sl].float(), eps_cond=c.eps_cond[i, sl].float(),
-            noise=c.noise[i, sl].float(), w=prior.weight(c.t[i, sl], z[sl]).float(),
-        )
-        if verdict is None:  # SDS
-            m = member(0)
-            grad[sl] = losses.sds_grad(m.eps_cfg, m.noise, m.w)
-        elif verdict.skip:
-            continue
+        a, b = (losses.Member(eps_cfg=c.eps_cfg[i, sl].float(), eps_cond=c.eps_cond[i, sl].float(),
+                              noise=c.noise[i, sl].float(), w=prior.weight(c.t[i, sl], z[sl]).float())
+                for i in (0, 1))
+        if v is None:
+            grad[sl] = losses.sds_grad(a.eps_cfg, a.noise, a.w)
         else:
-            win, lose = (0, 1) if verdict.winner in ("a", "tie") else (1, 0)
-            grad[sl] = losses.mixed_grad(member(win), member(lose), push_fraction(verdict, cfg.dpo), cfg.dpo)
+            grad[sl] = losses.preference_grad(a, b, v.winner, v.gap, v.skip, cfg.dpo)
     return grad
-
-
-def push_fraction(verdict: Judgement, dpo: losses.DPOConfig) -> float:
-    """How much of the push branch a verdict fires: none for a skip or a tie (there is no loser,
-    whatever τ), else losses.push_weight of its gap."""
-    if verdict.skip or verdict.winner == "tie":
-        return 0.0
-    return losses.push_weight(verdict.gap, dpo)
 
 
 # ---------------------------------------------------------------- the loop
@@ -260,15 +276,14 @@ def optimize(
     groups = [g for g in groups if len(list(g["params"]))]
     optimizer = torch.optim.AdamW(groups, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
 
-    start = load_checkpoint(ckpt_path, renderer, optimizer, device) if resume else 0
+    start = load_checkpoint(ckpt_path, renderer, optimizer, device, judge) if resume else 0
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     cond = prior.encode_prompt(cfg.prompt, cfg.negative_prompt)
     recorder.start(cfg.to_dict(), cfg.prompt, cfg.human.question, cfg.backbone, cfg.judge)
 
     metrics: list[dict] = []
-    csv_file = open(out_dir / "metrics.csv", "a" if resume else "w", newline="")
-    writer = None
+    csv_file, writer = open_metrics(out_dir / "metrics.csv", start)
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="dreamdpo", unit="step")
     status, step = "finished", start
     last_control = 0.0
@@ -288,11 +303,11 @@ def optimize(
             renderer.train()
             renderer.update_occupancy(step, seed=cfg.seed)
             # 1. cameras and render
-            cams = random_cameras(camera_cfg, B // V, generator(cfg.seed, step, CAMERAS)).to(device)
+            cams = random_cameras(camera_cfg, B // V, generator(cfg.seed, step, Stream.CAMERAS)).to(device)
             res = resolution_at(cfg, step)
             w_orient = losses.orientation_weight(
                 step, ramp=cfg.schedule.orientation_ramp, weights=cfg.schedule.orientation_weights)
-            out = renderer(cams, res, res, generator=generator(cfg.seed, step, BACKGROUND),
+            out = renderer(cams, res, res, generator=generator(cfg.seed, step, Stream.BACKGROUND),
                            need_normals=w_orient > 0)  # normals cost a double backward: only when used
             z = prior.encode(out.rgb)
             tick("render")
@@ -305,11 +320,13 @@ def optimize(
                 for g in range(B // V):
                     sl = slice(g * V, (g + 1) * V)
                     ctx = JudgeContext(
-                        step=step, t=(int(c.t[0, 0]), int(c.t[1, 0])),
-                        seeds=(step_seed(cfg.seed, step, NOISE_A), step_seed(cfg.seed, step, NOISE_B)),
+                        step=step, t=(int(c.t[0, 0]), int(c.t[1, 0])), seeds=c.seeds, distance=c.distance[g],
                         cameras=cams[sl].as_dicts(), render=out.rgb[sl].detach(), run_id=recorder.run_id,
                     )
-                    verdicts[g] = judge.compare(c.images[0, sl], c.images[1, sl], cfg.prompt, ctx)
+                    if c.distance[g] < cfg.dpo.min_distance:
+                        verdicts[g] = indistinct(c.distance[g])
+                    else:
+                        verdicts[g] = judge.compare(c.images[0, sl], c.images[1, sl], cfg.prompt, ctx)
                     recorder.record(verdicts[g], c.images[0, sl], c.images[1, sl], ctx)
             tick("judge")
             # 4. gradient injected into z, regularisers, AdamW step
@@ -330,24 +347,29 @@ def optimize(
                 "t_a": int(c.t[0, 0]), "t_b": int(c.t[1, 0]), "resolution": res,
                 "opacity": float(out.opacity_mean.detach()), **tick.times,
             }
-            if judge is not None:
-                v = verdicts[0]
-                row.update(winner=v.winner, gap=float(v.gap), skip=int(v.skip),
-                           push=push_fraction(v, cfg.dpo),
-                           source=v.extra.get("source", v.judge))
+            if judge is not None:  # every camera group's verdict: 'a/b/tie' strings, mean gap and push
+                vs = [v for v in verdicts if v is not None]
+                row.update(winner="/".join(v.winner for v in vs), gap=sum(v.gap for v in vs) / len(vs),
+                           skip=sum(v.skip for v in vs),
+                           push=sum(losses.push_fraction(v.winner, v.gap, v.skip, cfg.dpo) for v in vs) / len(vs),
+                           source="/".join(dict.fromkeys(v.extra.get("source", v.judge) for v in vs)),
+                           distance=min(c.distance), draws=c.draws)
+                learned = vs[0].extra  # a judge that learns from people reports how far it got
+                if learned.get("learned_from") is not None:
+                    row.update(votes=learned["learned_from"], agreement=learned.get("agreement"))
             metrics.append(row)
-            if writer is None:
-                writer = csv.DictWriter(csv_file, fieldnames=list(row), extrasaction="ignore")
-                if not resume or csv_file.tell() == 0:
-                    writer.writeheader()
             writer.writerow(row)
+            csv_file.flush()  # a crash keeps every finished step's row
             preview = out.rgb.detach() if (step + 1) % cfg.preview_every == 0 else None
-            recorder.progress(step, {k: row[k] for k in ("loss", "gap", "winner", "judge_ms") if k in row}, preview)
+            recorder.progress(step, {k: row[k] for k in ("loss", "gap", "winner", "source", "judge_ms", "votes",
+                                                         "agreement") if k in row}, preview)
             bar.set_postfix({k: (f"{row[k]:.3g}" if isinstance(row[k], float) else row[k])
                              for k in ("loss", "gap", "judge_ms") if k in row})
             bar.update(1)
+            if step + 1 == cfg.steps and judge is not None:
+                judge.end_of_run(recorder.run_id)  # before the final checkpoint, which holds what it learned
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                save_checkpoint(ckpt_path, step + 1, renderer, optimizer, cfg)
+                save_checkpoint(ckpt_path, step + 1, renderer, optimizer, cfg, judge)
         else:
             step = cfg.steps
     except KeyboardInterrupt:  # Ctrl-C: the last checkpoint stays; `--resume` continues
@@ -389,6 +411,25 @@ def export_outputs(cfg: RunConfig, renderer: Renderer, nerf: NeRFField, out_dir:
 
     views = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
     return outputs, views, orbit_cameras(cfg.test_views)
+
+
+METRIC_COLUMNS = ["step", "loss", "grad_norm", "t_a", "t_b", "resolution", "opacity", "render_ms", "prior_ms",
+                  "judge_ms", "backward_ms", "winner", "gap", "skip", "push", "source", "distance", "draws", "votes",
+                  "agreement"]
+
+
+def open_metrics(path: Path, start: int):
+    """metrics.csv, one row per step, flushed as it goes. A resumed run keeps the rows of the steps
+    before its checkpoint and drops those a crashed process wrote after it (they are done again)."""
+    kept = []
+    if start > 0 and path.exists():
+        with open(path, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) < start]
+    f = open(path, "w", newline="")
+    writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore", restval="")
+    writer.writeheader()
+    writer.writerows(kept)
+    return f, writer
 
 
 class _Timer:

@@ -83,14 +83,20 @@ class DbRecorder(Recorder):
 
         if judgement.pair_id is not None:
             return
-        choice = judgement.winner if not judgement.skip else "skip"
         render = views_png(context.render) if context.render is not None else None
+        if judgement.judge == "indistinct":  # a record of the step, never a vote nor a labelled row
+            judgement.pair_id = queue.post_pair(
+                self.engine, self.run_id, context.step, views_png(images_a), views_png(images_b),
+                render_image=render, t=context.t[0], t_b=context.t[1], seed_a=context.seeds[0],
+                seed_b=context.seeds[1], cameras=context.cameras, status="indistinct", distance=context.distance)
+            return
+        choice = judgement.winner if not judgement.skip else "skip"
         sa, sb = judgement.mean_scores()
         judgement.pair_id = queue.record_model_comparison(
             self.engine, self.run_id, context.step, views_png(images_a), views_png(images_b),
             judgement.judge, choice, sa, sb, raw=judgement.raw, render_image=render,
             t=context.t[0], t_b=context.t[1], seed_a=context.seeds[0], seed_b=context.seeds[1],
-            cameras=context.cameras, kind="live",
+            cameras=context.cameras, kind="live", distance=context.distance,
         )
         self._record_members(judgement)
 
@@ -115,6 +121,7 @@ class DbRecorder(Recorder):
         if preview is not None:
             with Session(self.engine) as s, s.begin():
                 self._extra["preview"] = queue.put_image(s, views_png(preview))
+                self._extra.setdefault("first_preview", self._extra["preview"])  # what the run started from
         queue.set_run_status(self.engine, self.run_id, None, step=step,
                              metrics={"history": self._history, **self._extra})
 

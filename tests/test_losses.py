@@ -31,54 +31,54 @@ def test_sds_grad_by_hand():
     ids=["gap<tau pulls only", "gap==tau pushes", "gap>tau pushes"],
 )
 def test_piecewise_branches(gap, expected):
-    g = losses.dreamdpo_grad(WIN, LOSE, gap, DPOConfig(tau=0.001))
+    g = losses.preference_grad(WIN, LOSE, "a", gap, False, DPOConfig(tau=0.001))
     assert torch.allclose(g, expected)
 
 
 def test_default_push_uses_conditional_prediction():
-    g = losses.dreamdpo_grad(WIN, LOSE, 1.0, DPOConfig())
+    g = losses.preference_grad(WIN, LOSE, "a", 1.0, False, DPOConfig())
     assert torch.allclose(g, t(-0.25, 1.75))  # [0.25, 0.75] − [0.5, −1]
 
 
 def test_push_uses_cfg_flag():
-    g = losses.dreamdpo_grad(WIN, LOSE, 1.0, DPOConfig(push_uses_cfg=True))
+    g = losses.preference_grad(WIN, LOSE, "a", 1.0, False, DPOConfig(push_uses_cfg=True))
     assert torch.allclose(g, t(-0.75, 0.75))  # [0.25, 0.75] − [1, 0]
 
 
 def test_pull_only_parity_flag_drops_noise():
-    g = losses.dreamdpo_grad(WIN, LOSE, 0.0, DPOConfig(tau=0.01, pull_subtract_noise=False))
+    g = losses.preference_grad(WIN, LOSE, "a", 0.0, False, DPOConfig(tau=0.01, pull_subtract_noise=False))
     assert torch.allclose(g, t(0.5, 1.0))  # 0.5·[1, 2], no −ε
     # the flag does not touch the push branch
-    g_push = losses.dreamdpo_grad(WIN, LOSE, 0.02, DPOConfig(tau=0.01, pull_subtract_noise=False))
+    g_push = losses.preference_grad(WIN, LOSE, "a", 0.02, False, DPOConfig(tau=0.01, pull_subtract_noise=False))
     assert torch.allclose(g_push, PULL - PUSH_COND)
 
 
 def test_tau_zero_always_pushes():
-    assert torch.allclose(losses.dreamdpo_grad(WIN, LOSE, 0.0, DPOConfig(tau=0.0)), PULL - PUSH_COND)
+    assert torch.allclose(losses.preference_grad(WIN, LOSE, "a", 0.0, False, DPOConfig(tau=0.0)), PULL - PUSH_COND)
     assert torch.allclose(
-        losses.dreamdpo_grad(WIN, LOSE, 0.0, DPOConfig(tau=0.0, rule="smooth")), PULL - PUSH_COND
+        losses.preference_grad(WIN, LOSE, "a", 0.0, False, DPOConfig(tau=0.0, rule="smooth")), PULL - PUSH_COND
     )
 
 
 def test_smooth_rule_mixes_branches():
     cfg = DPOConfig(tau=0.01, rule="smooth")
     # λ = 0.0025/0.01 = 0.25 → pull − 0.25·push
-    g = losses.dreamdpo_grad(WIN, LOSE, 0.0025, cfg)
+    g = losses.preference_grad(WIN, LOSE, "a", 0.0025, False, cfg)
     assert torch.allclose(g, t(0.25 - 0.125, 0.75 + 0.25))
-    assert torch.allclose(losses.dreamdpo_grad(WIN, LOSE, 0.0, cfg), PULL)
-    assert torch.allclose(losses.dreamdpo_grad(WIN, LOSE, 0.05, cfg), PULL - PUSH_COND)  # clamped at 1
+    assert torch.allclose(losses.preference_grad(WIN, LOSE, "a", 0.0, False, cfg), PULL)
+    assert torch.allclose(losses.preference_grad(WIN, LOSE, "a", 0.05, False, cfg), PULL - PUSH_COND)  # clamped at 1
 
 
 def test_smooth_rule_with_parity_pull_mixes_whole_branches():
     cfg = DPOConfig(tau=0.01, rule="smooth", pull_subtract_noise=False)
-    g = losses.dreamdpo_grad(WIN, LOSE, 0.005, cfg)  # λ = 0.5
+    g = losses.preference_grad(WIN, LOSE, "a", 0.005, False, cfg)  # λ = 0.5
     expected = 0.5 * (PULL - PUSH_COND) + 0.5 * t(0.5, 1.0)
     assert torch.allclose(g, expected)
 
 
 def test_each_member_uses_its_own_weight():
     lose = Member(eps_cfg=LOSE.eps_cfg, eps_cond=LOSE.eps_cond, noise=LOSE.noise, w=0.1)
-    g = losses.dreamdpo_grad(WIN, lose, 1.0, DPOConfig())
+    g = losses.preference_grad(WIN, lose, "a", 1.0, False, DPOConfig())
     assert torch.allclose(g, PULL - 0.1 * t(1.0, -2.0))
 
 
@@ -87,11 +87,28 @@ def test_broadcast_weight_over_latents():
     w = torch.tensor([0.5, 0.25]).reshape(2, 1, 1, 1)
     win = Member(torch.ones(shape), torch.zeros(shape), torch.zeros(shape), w)
     lose = Member(torch.zeros(shape), torch.ones(shape), torch.zeros(shape), w)
-    g = losses.dreamdpo_grad(win, lose, 1.0, DPOConfig())
+    g = losses.preference_grad(win, lose, "a", 1.0, False, DPOConfig())
     assert g.shape == shape
     assert torch.allclose(g[0], torch.zeros(4, 3, 3))  # 0.5·1 − 0.5·1
-    g_pull = losses.dreamdpo_grad(win, lose, 0.0, DPOConfig())
+    g_pull = losses.preference_grad(win, lose, "a", 0.0, False, DPOConfig())
     assert torch.allclose(g_pull[1], torch.full((4, 3, 3), 0.25))
+
+
+def test_winner_b_swaps_the_roles():
+    assert torch.allclose(losses.preference_grad(LOSE, WIN, "b", 1.0, False, DPOConfig()), PULL - PUSH_COND)
+
+
+@pytest.mark.parametrize("rule", ["piecewise", "smooth"])
+def test_a_tie_pulls_only_even_at_tau_zero(rule):
+    """A person's tie has no loser: it must not push, even though gap 0 ≥ τ = 0 (the last landing's bug)."""
+    cfg = DPOConfig(tau=0.0, rule=rule)
+    assert torch.allclose(losses.preference_grad(WIN, LOSE, "tie", 0.0, False, cfg), PULL)
+    assert losses.push_fraction("tie", 0.0, False, cfg) == 0.0
+
+
+def test_a_skip_moves_nothing():
+    g = losses.preference_grad(WIN, LOSE, "a", 1.0, True, DPOConfig(tau=0.0))
+    assert torch.equal(g, torch.zeros(2)) and losses.push_fraction("a", 1.0, True, DPOConfig()) == 0.0
 
 
 @pytest.mark.parametrize("bad", [{"tau": -0.1}, {"tau": float("nan")}, {"rule": "soft"}, {"variant": "both"}])

@@ -11,7 +11,7 @@ from dreamdpo.config import load_config
 from dreamdpo.judges.base import Judge, judgement_from_scores
 from dreamdpo.optimize import load_prior, optimize, resolve_device
 from dreamdpo.recording import ListRecorder
-from tiny_models import make_tiny_sd
+from dreamdpo.priors.tiny import make_tiny_sd
 
 SMALL = [
     "field.n_levels=4", "field.log2_hashmap_size=12", "field.max_resolution=64", "field.hidden=16",
@@ -150,10 +150,10 @@ def test_batch_not_multiple_of_views(tmp_path):
 
 
 def test_step_seeds_are_distinct_and_stable():
-    from dreamdpo.optimize import step_seed
+    from dreamdpo.seeding import step_seed
 
-    seeds = {step_seed(s, k, stream) for s in range(3) for k in range(200) for stream in range(5)}
-    assert len(seeds) == 3 * 200 * 5
+    seeds = {step_seed(s, k, stream, i) for s in range(3) for k in range(200) for stream in range(9) for i in range(3)}
+    assert len(seeds) == 3 * 200 * 9 * 3
     assert step_seed(0, 5, 1) == step_seed(0, 5, 1) and not math.isnan(step_seed(1, 1, 1))
 
 
@@ -178,10 +178,10 @@ def test_every_judged_pair_is_logged_in_the_preference_log(tiny_sd, tmp_path):
     by_step = dict(zip(pairs["step"], pairs["winner"]))
     assert [by_step[m["step"]] for m in res.metrics] == [m["winner"] for m in res.metrics]
     # each pair can be regenerated: its seeds and timesteps are the loop's
-    from dreamdpo.optimize import NOISE_A, step_seed
+    from dreamdpo.seeding import Stream, step_seed
 
     row = pairs.sort_values("step").iloc[2]
-    assert int(row["seed_a"]) == step_seed(cfg.seed, 2, NOISE_A) and int(row["t"]) == res.metrics[2]["t_a"]
+    assert int(row["seed_a"]) == step_seed(cfg.seed, 2, Stream.NOISE_A, int(res.metrics[2]["draws"]) - 1) and int(row["t"]) == res.metrics[2]["t_a"]
 
 
 def test_a_tie_pulls_only_even_at_tau_zero():

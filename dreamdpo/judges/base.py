@@ -24,6 +24,7 @@ class JudgeContext:
     cameras: list[dict] = field(default_factory=list)
     render: Tensor | None = None  # [V,3,H,W] the current render, for context
     run_id: int | None = None
+    distance: float | None = None  # how different the candidates look (images.pixel_distance)
 
 
 @dataclass
@@ -67,3 +68,18 @@ class Judge(ABC):
         self, images_a: Tensor, images_b: Tensor, prompt: str, context: JudgeContext | None = None
     ) -> Judgement:
         """images_*: [V,3,H,W] in [0,1], the V views of each candidate."""
+
+    def features(self, images: Tensor) -> Tensor:
+        """[V,3,H,W] → [V,D] image features, for a preference model learned on top of this judge."""
+        raise NotImplementedError(f"the {self.name} judge has no image features to learn people's taste on")
+
+    def end_of_run(self, run_id: int | None) -> None:
+        """Called once after the last step, before the final checkpoint: a judge that waits on
+        people closes what it still has open."""
+
+    def state_dict(self) -> dict:
+        """What a judge learns during a run (saved in the checkpoint, so --resume continues it)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -30,11 +30,13 @@ from datetime import timedelta
 from torch import Tensor
 
 from dreamdpo.errors import UserError
-from dreamdpo.images import views_png
+from dreamdpo.images import images_from_png, quantize, views_png
 from dreamdpo.judges.base import Judge, JudgeContext, Judgement
+from dreamdpo.judges.learned import Example, PreferenceModel, target
 from dreamdpo.seeding import Stream, rng
 
 FALLBACKS = ("model", "pull", "skip")
+MODES = ("blocking", "async")
 CONTROL_POLL_S = 0.5  # how often a waiting judge checks whether the run was cancelled
 
 
@@ -52,6 +54,14 @@ class HumanPolicy:
     # (known answer) and a swapped duplicate of an earlier live pair, each with this probability
     gold_rate: float = 0.0
     duplicate_rate: float = 0.0
+    # blocking: the run waits for people at every k-th step (every_k, uncertain_below, timeout_s).
+    # async: the run never waits; a preference model learned from people's decisions (learned.py)
+    # judges every step, and a pair goes to people only where that model is unsure
+    mode: str = "blocking"
+    max_pairs: int = 30  # async: pairs posted to people per run, at most
+    waiting_per_annotator: int = 2  # async: pairs kept waiting per annotator online (and with nobody online)
+    ask_uncertainty: float = 0.5  # async: ask people when 1 − |2p − 1| ≥ this (p: the model's P(a ≻ b))
+    prior_weight: float = 10.0  # async: β₀, the weight of the assist judge's score gap before any vote
 
     def check(self, has_model_judge: bool) -> None:
         """One-line errors for settings that cannot work."""
@@ -75,6 +85,16 @@ class HumanPolicy:
                             "or human.fallback=pull (or skip)")
         if not has_model_judge and self.uncertain_below is not None:
             raise UserError("human.uncertain_below needs a model judge beside people; set assist_judge")
+        if self.mode not in MODES:
+            raise UserError(f"human.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == "async":
+            if not has_model_judge:
+                raise UserError("human.mode=async learns from people on top of a model judge; set assist_judge "
+                                "(toy-reward, hpsv2 or imagereward)")
+            if self.max_pairs < 0 or self.waiting_per_annotator < 1:
+                raise UserError("human.max_pairs must be ≥ 0 and human.waiting_per_annotator ≥ 1")
+            if not 0.0 <= self.ask_uncertainty <= 1.0:
+                raise UserError(f"human.ask_uncertainty must be in [0, 1], got {self.ask_uncertainty}")
 
 
 def decision_to_judgement(decision: dict, pair_id: int) -> Judgement:
@@ -98,6 +118,28 @@ class HumanJudge(Judge):
         self.policy = policy
         self.model_judge = model_judge
         self.seed = seed
+        self.learned: PreferenceModel | None = None  # async mode: built on the first step
+        self.agreement: float | None = None  # the learned model's leave-one-out agreement with people
+        self._posted: int | None = None  # async: live pairs this run has posted (read from the log once)
+        self._prompt = ""
+
+    def state_dict(self) -> dict:
+        return {"learned": None if self.learned is None else self.learned.state_dict(), "agreement": self.agreement}
+
+    def end_of_run(self, run_id: int | None) -> None:
+        """Pairs still waiting expire (no vote on them would be used), then the model learns every
+        decision that landed before that, so the final checkpoint holds all of them."""
+        from db import queue
+
+        if run_id is None:
+            return
+        queue.expire_waiting(self.engine, run_id)
+        if self.learned is not None:
+            self._learn(run_id, self._prompt)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.learned = None if state.get("learned") is None else PreferenceModel.from_state_dict(state["learned"])
+        self.agreement = state.get("agreement")
 
     # ---- cadence ----
     def _audit_draw(self, step: int) -> bool:
@@ -108,6 +150,8 @@ class HumanJudge(Judge):
         ctx = context or JudgeContext()
         if ctx.run_id is None:
             raise UserError("the human judge needs a run in the preference log (JudgeContext.run_id)")
+        if self.policy.mode == "async":
+            return self._learned_verdict(images_a, images_b, prompt, ctx)
         people = ctx.step % self.policy.every_k == 0
         model = None
         if people and self.policy.uncertain_below is not None:
@@ -130,6 +174,58 @@ class HumanJudge(Judge):
             return self.model_judge.compare(images_a, images_b, prompt, ctx)
         return Judgement(winner="tie", gap=0.0, judge="pull-only", extra={"source": "pull-only"})
 
+    # ---- async: the learned model judges, people teach it ----
+    def _learned_verdict(self, images_a, images_b, prompt: str, ctx: JudgeContext) -> Judgement:
+        from db import feedback
+
+        self._prompt = prompt
+        base = self.model_judge.compare(images_a, images_b, prompt, ctx)
+        fa, fb = (self.model_judge.features(quantize(x)).mean(0) for x in (images_a, images_b))
+        if self.learned is None:
+            self.learned = PreferenceModel(dim=fa.numel(), beta0=self.policy.prior_weight)
+        self._learn(ctx.run_id, prompt)
+        sa, sb = base.mean_scores()
+        p, sd = self.learned.predict(fa - fb, (sa or 0.0) - (sb or 0.0))
+        winner = "a" if p >= 0.5 else "b"
+        j = Judgement(winner=winner, gap=abs(2 * p - 1), judge="learned", scores_a=[p], scores_b=[1 - p],
+                      raw=json.dumps({"p_a": round(p, 4), "logit_sd": round(sd, 4), "base": base.winner,
+                                      "votes": len(self.learned.examples)}),
+                      extra={"source": "learned", "learned_from": len(self.learned.examples),
+                             "agreement": self.agreement})
+        unsure = 1 - abs(2 * p - 1) >= self.policy.ask_uncertainty or base.winner != winner
+        if unsure and self._room_for_a_pair(ctx.run_id):
+            existing = feedback.find_pair(self.engine, ctx.run_id, ctx.step, *ctx.seeds)  # a resumed step
+            j.pair_id = existing["pair_id"] if existing else self._post(images_a, images_b, ctx, "live", True)
+            if not existing:
+                self._posted = (self._posted or 0) + 1
+                self._log(j.pair_id, j)  # the model's vote on the same pair: agreement with people is a join
+            j.extra["asked"] = True
+        return j
+
+    def _room_for_a_pair(self, run_id: int) -> bool:
+        from db import feedback
+
+        if self._posted is None:
+            self._posted = feedback.posted_pairs(self.engine, run_id)
+        if self._posted >= self.policy.max_pairs:
+            return False
+        target = self.policy.waiting_per_annotator * max(1, feedback.annotators_online(self.engine))
+        return feedback.waiting_pairs(self.engine, run_id) < target
+
+    def _learn(self, run_id: int, prompt: str) -> None:
+        """Add every decision people made on this run's pairs since the last step (none twice)."""
+        from db import feedback
+
+        rows = feedback.people_decisions(self.engine, run_id, exclude=self.learned.pair_ids)
+        examples = []
+        for r in rows:
+            a, b = images_from_png(r["png_a"]), images_from_png(r["png_b"])
+            sa, sb = self.model_judge.compare(a, b, prompt).mean_scores()
+            df = self.model_judge.features(a).mean(0) - self.model_judge.features(b).mean(0)
+            examples.append(Example(r["pair_id"], df, (sa or 0.0) - (sb or 0.0), target(r["winner"])))
+        if self.learned.add(examples):
+            self.agreement = self.learned.agreement()
+
     # ---- the log ----
     def _post(self, images_a, images_b, ctx: JudgeContext, kind: str, deadline: bool) -> int:
         from db import queue
@@ -141,6 +237,7 @@ class HumanJudge(Judge):
             t=ctx.t[0], t_b=ctx.t[1], seed_a=ctx.seeds[0], seed_b=ctx.seeds[1], cameras=ctx.cameras,
             votes_needed=self.policy.votes_needed,
             deadline=utcnow() + timedelta(seconds=self.policy.timeout_s) if deadline else None, kind=kind,
+            distance=ctx.distance,
         )
 
     def _log(self, pair_id: int, j: Judgement, name: str | None = None) -> None:
@@ -151,6 +248,18 @@ class HumanJudge(Judge):
                         raw=j.raw)
 
     def _ask_people(self, images_a, images_b, prompt: str, ctx: JudgeContext) -> Judgement:
+        from db import feedback
+        from db.models import utcnow
+
+        existing = feedback.find_pair(self.engine, ctx.run_id, ctx.step, *ctx.seeds)
+        if existing is not None:  # a resumed run: this step's pair was posted before the crash; never twice
+            pair_id = existing["pair_id"]
+            left = (existing["deadline"] - utcnow()).total_seconds() if existing["deadline"] else 0.0
+            decision, cancelled = self._wait(pair_id, ctx.run_id, max(0.0, left))
+            j = (decision_to_judgement(decision, pair_id) if decision is not None
+                 else self._fallback(images_a, images_b, prompt, ctx, pair_id))
+            j.extra["resumed"] = True
+            return j
         pair_id = self._post(images_a, images_b, ctx, kind="live", deadline=True)
         if self.policy.gold_rate or self.policy.duplicate_rate:
             from db import qc
@@ -171,23 +280,21 @@ class HumanJudge(Judge):
         j.extra["wait_s"] = waited
         return j
 
-    def _wait(self, pair_id: int, run_id: int) -> tuple[dict | None, bool]:
-        """Poll for the decision until the deadline; stop early if the run is cancelled."""
+    def _wait(self, pair_id: int, run_id: int, timeout_s: float | None = None) -> tuple[dict | None, bool]:
+        """The decision, or None at the deadline (the pair is then expired); (None, True) if the run
+        was cancelled meanwhile."""
         from db import queue
 
-        end = time.monotonic() + self.policy.timeout_s
-        next_control = time.monotonic() + CONTROL_POLL_S
-        while time.monotonic() < end:
-            d = queue.get_decision(self.engine, pair_id)
-            if d is not None:
-                return d, False
-            if time.monotonic() >= next_control:
-                next_control = time.monotonic() + CONTROL_POLL_S
-                if (queue.get_run(self.engine, run_id) or {}).get("status") == "cancelled":
-                    return None, True
-            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
-        # atomically: the decision if it landed at the last moment, else the pair is expired
-        return queue.wait_for_decision(self.engine, pair_id, 0.0), False
+        was_cancelled = []
+
+        def cancelled() -> bool:
+            if (queue.get_run(self.engine, run_id) or {}).get("status") == "cancelled":
+                was_cancelled.append(True)
+            return bool(was_cancelled)
+
+        timeout = self.policy.timeout_s if timeout_s is None else timeout_s
+        d = queue.wait_for_decision(self.engine, pair_id, timeout, cancelled=cancelled, check_every=CONTROL_POLL_S)
+        return d, bool(was_cancelled)
 
     def _fallback(self, images_a, images_b, prompt: str, ctx: JudgeContext, pair_id: int) -> Judgement:
         how = self.policy.fallback

@@ -47,6 +47,9 @@ class Scorer(Protocol):
     def score(self, images: Tensor, prompt: str) -> Tensor:
         """[V,3,H,W] in [0,1] → [V] scores (higher is better)."""
 
+    def features(self, images: Tensor) -> Tensor:
+        """[V,3,H,W] in [0,1] → [V,D] the image embedding the score is computed from."""
+
 
 class RewardJudge(Judge):
     """Scores both candidates in one batched call; winner by mean score over views (ties → 'a')."""
@@ -59,6 +62,9 @@ class RewardJudge(Judge):
         scores = self.scorer.score(torch.cat([images_a, images_b]), prompt).float().cpu()
         v = images_a.shape[0]
         return judgement_from_scores(self.name, scores[:v], scores[v:])
+
+    def features(self, images: Tensor) -> Tensor:
+        return self.scorer.features(images).float().cpu()
 
 
 def _normalise(x: Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> Tensor:
@@ -267,11 +273,15 @@ class HPSv2Scorer:
         return self._text_cache[1]
 
     @torch.no_grad()
-    def score(self, images: Tensor, prompt: str) -> Tensor:
+    def features(self, images: Tensor) -> Tensor:
+        """The unit-norm CLIP image embedding that HPSv2 scores against the prompt."""
         x = hps_preprocess(images.to(self.device), self.image_size).to(self.dtype)
         pooled = self.model.vision_model(pixel_values=x).pooler_output
-        img = F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
-        return (img @ self._text_features(prompt).T).squeeze(-1)
+        return F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
+
+    @torch.no_grad()
+    def score(self, images: Tensor, prompt: str) -> Tensor:
+        return (self.features(images) @ self._text_features(prompt).T).squeeze(-1)
 
 
 def _local_tokenizer_dir(folder: Path) -> str | None:
@@ -416,6 +426,12 @@ class ImageRewardScorer:
         tok.add_special_tokens({"bos_token": "[DEC]"})  # as BLIP's init_tokenizer does
         tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
         return cls(vision, text, head, tok, device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        """BLIP's image CLS embedding (unit norm), what ImageReward's text encoder attends to."""
+        x = imagereward_preprocess(images.to(self.device), self.image_size).to(self.dtype)
+        return F.normalize(self.vision(pixel_values=x).last_hidden_state[:, 0].float(), dim=-1)
 
     @torch.no_grad()
     def score(self, images: Tensor, prompt: str) -> Tensor:

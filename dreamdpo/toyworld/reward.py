@@ -344,3 +344,8 @@ class ToyRewardJudge(Judge):
 
     def compare(self, images_a: Tensor, images_b: Tensor, prompt: str, context: JudgeContext | None = None) -> Judgement:
         return judgement_from_scores(self.name, self.score(images_a, prompt), self.score(images_b, prompt))
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        """The reward's own image embedding (unit norm), on which the toy reward scores captions."""
+        return self.model.encode_images(images.to(self.device).float()).cpu()

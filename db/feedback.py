@@ -1,0 +1,72 @@
+"""What a running optimizer reads back from people: their decisions on its pairs, who is online,
+how many of its pairs wait, and the pair it already posted for a step (so a resumed run never
+posts a step twice). Reads only, each one short statement.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from db.models import Claim, Decision, Image, Pair, Vote, utcnow
+from db.queue import _read
+
+LEARNABLE_RULES = ("unanimous", "majority", "split")  # people's decisions that say which is better (not both-bad)
+
+
+def find_pair(engine, run_id: int, step: int, seed_a: int | None, seed_b: int | None, kind: str = "live") -> dict | None:
+    """The pair this run already posted for (step, member seeds, kind), with its decision if any."""
+    q = (sa.select(Pair.id.label("pair_id"), Pair.status, Pair.deadline, Decision.winner, Decision.gap, Decision.rule, Decision.n_a, Decision.n_b,
+                   Decision.n_tie, Decision.n_both_bad)
+         .outerjoin(Decision, Decision.pair_id == Pair.id)
+         .where(Pair.run_id == run_id, Pair.step == step, Pair.kind == kind,
+                Pair.seed_a == seed_a, Pair.seed_b == seed_b).order_by(Pair.id).limit(1))
+    with _read(engine) as conn:
+        row = conn.execute(q).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def people_decisions(engine, run_id: int, exclude: set[int] = frozenset()) -> list[dict]:
+    """Every pair of the run that people decided (not a model's record, not both-bad), oldest first,
+    with both candidates' PNG bytes; pairs in `exclude` (already learned from) are left out."""
+    a, b = sa.orm.aliased(Image), sa.orm.aliased(Image)
+    q = (sa.select(Pair.id.label("pair_id"), Pair.step, Decision.winner, Decision.rule,
+                   a.png.label("png_a"), b.png.label("png_b"))
+         .join(Decision, Decision.pair_id == Pair.id)
+         .join(a, a.id == Pair.image_a).join(b, b.id == Pair.image_b)
+         .where(Pair.run_id == run_id, Pair.kind.in_(("live", "audit")),
+                Decision.rule.in_(LEARNABLE_RULES))
+         .order_by(Pair.id))
+    if exclude:
+        q = q.where(Pair.id.not_in(sorted(exclude)))
+    with _read(engine) as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def posted_pairs(engine, run_id: int) -> int:
+    """The run's live pairs ever posted for people, whatever became of them (a model's record of a
+    step has no deadline; a pair for people always has one)."""
+    q = sa.select(sa.func.count()).select_from(Pair).where(
+        Pair.run_id == run_id, Pair.kind == "live", Pair.deadline.is_not(None))
+    with _read(engine) as conn:
+        return int(conn.execute(q).scalar() or 0)
+
+
+def waiting_pairs(engine, run_id: int) -> int:
+    """The run's live pairs still waiting for people (pending, not past their deadline)."""
+    now = utcnow()
+    q = (sa.select(sa.func.count()).select_from(Pair)
+         .where(Pair.run_id == run_id, Pair.kind == "live", Pair.status == "pending",
+                sa.or_(Pair.deadline.is_(None), Pair.deadline > now)))
+    with _read(engine) as conn:
+        return int(conn.execute(q).scalar() or 0)
+
+
+def annotators_online(engine, within_s: float = 60.0) -> int:
+    """People who claimed or voted in the last `within_s` seconds."""
+    since = utcnow() - timedelta(seconds=within_s)
+    claims = sa.select(Claim.annotator_id).where(Claim.claimed_at >= since)
+    votes = sa.select(Vote.annotator_id).where(Vote.annotator_id.is_not(None), Vote.created_at >= since)
+    q = sa.select(sa.func.count(sa.distinct(sa.union(claims, votes).subquery().c.annotator_id)))
+    with _read(engine) as conn:
+        return int(conn.execute(q).scalar() or 0)
