@@ -1,6 +1,6 @@
 """Typed run configuration: dataclasses, a YAML file, and dotted `key=value` overrides.
 
-Precedence (lowest first): dataclass defaults (the paper's reference values, METHOD.md §3) →
+Precedence (lowest first): dataclass defaults (the paper's reference values, docs/method.md) →
 the backbone's defaults (the toy world's CPU-sized settings when backbone == "toy") →
 `--config run.yaml` → command-line flags → `key=value` overrides.
 """
@@ -29,7 +29,7 @@ from dreamdpo.judges.lmm import LMMConfig
 
 @dataclass
 class ScheduleConfig:
-    # timestep range as fractions of the prior's training steps, annealed linearly (METHOD.md §3)
+    # timestep range as fractions of the prior's training steps, annealed linearly (docs/method.md, "Defaults and why")
     t_start: tuple[float, float] = (0.98, 0.98)
     t_end: tuple[float, float] = (0.02, 0.50)
     t_anneal_steps: int = 8000

@@ -1,7 +1,7 @@
 """The 3D representation θ: a NeRF with a multi-resolution hash encoding, and its background.
 
 Plain PyTorch (no tiny-cuda-nn), so it runs and trains the same on CPU and GPU. Defaults are the
-reference configs' (METHOD.md §3): 16 levels × 2 features, base resolution 16, max 4096, the
+reference configs' (docs/method.md, "Defaults and why"): 16 levels × 2 features, base resolution 16, max 4096, the
 "blob" density bias 10·(1 − |x|/0.5), softplus density, sigmoid colour.
 """
 from __future__ import annotations

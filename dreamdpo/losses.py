@@ -1,6 +1,6 @@
 """SDS and DreamDPO gradients, the surrogate loss that injects them, regularisers and schedules.
 
-Pure torch functions (METHOD.md §1.7–§3). Gradients are injected into the prior's input z: the
+Pure torch functions (docs/method.md). Gradients are injected into the prior's input z: the
 U-Net Jacobian is omitted, as in SDS, so every function here works on noise predictions only.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ def sds_grad(eps_cfg: Tensor, noise: Tensor, w: Tensor | float) -> Tensor:
 
 @dataclass
 class DPOConfig:
-    """DreamDPO gradient options. Defaults follow METHOD.md §1.7; the two flags give reference-code parity.
+    """DreamDPO gradient options. Defaults and their reasons: docs/method.md; the two flags give reference-code parity.
 
     - tau: threshold on the judge's score gap, in the judge's units (paper: 0.001).
     - rule: 'piecewise' (gap ≥ τ → pull win + push lose; gap < τ → pull only) or 'smooth'
@@ -29,7 +29,7 @@ class DPOConfig:
     - pull_subtract_noise: the pull-only branch is w·(ε̂_cfg^win − ε^win) (True, textbook/SDS) or
       w·ε̂_cfg^win (False: what the reference code computes).
     - push_uses_cfg: the push term uses ε_cond^lose, the conditional prediction without guidance
-      (False: the formula of METHOD.md §1.7, which is also what the reference code does), or the
+      (False: the paper's formula (docs/method.md), which is also what the reference code does), or the
       guided ε̂_cfg^lose (True: the symmetric Diffusion-DPO reading).
     - variant: 'noise' (one t, two noises; default) or 'timestep' (one noise, t1 ≠ t2).
     - min_distance: candidates whose 8-bit pixels differ by less than this on average (0–1) are
@@ -125,7 +125,7 @@ def _ramp(step: int, start: int, end: int, a: float, b: float) -> float:
 def orientation_weight(
     step: int, ramp: tuple[int, int] = (0, 5000), weights: tuple[float, float] = (10.0, 1000.0)
 ) -> float:
-    """Orientation-loss weight, linear from weights[0] at ramp[0] to weights[1] at ramp[1] (METHOD.md §3)."""
+    """Orientation-loss weight, linear from weights[0] at ramp[0] to weights[1] at ramp[1] (docs/method.md, "Defaults and why")."""
     return _ramp(step, ramp[0], ramp[1], weights[0], weights[1])
 
 

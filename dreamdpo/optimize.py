@@ -1,6 +1,6 @@
 """The DreamDPO loop, top to bottom: cameras → render → pair → judge → gradient → AdamW step.
 
-METHOD.md §1 is the maths. Every random draw of step k (cameras, background, timesteps, both
+docs/method.md is the maths. Every random draw of step k (cameras, background, timesteps, both
 noises) comes from generators seeded by (seed, k), so `--resume` continues bit-for-bit and every
 logged pair can be regenerated from its seeds. `--judge none` is SDS, the baseline.
 """

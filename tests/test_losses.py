@@ -1,4 +1,4 @@
-"""Each loss formula against numbers worked out by hand (METHOD.md §1.7–§3)."""
+"""Each loss formula against numbers worked out by hand (docs/method.md)."""
 import pytest
 import torch
 

@@ -293,7 +293,7 @@ def _local_tokenizer_dir(folder: Path) -> str | None:
 
 def _find_hps_checkpoint(path: str | None) -> Path:
     how = ("download it on a connected machine (`hf download xswu/HPSv2 HPS_v2_compressed.pt`, or "
-           "HPS_v2.1_compressed.pt) and pass its path (--judge-weights PATH)")
+           "HPS_v2.1_compressed.pt) and pass its path (--judge hpsv2:PATH)")
     if path is None:
         for name in HPS_FILES:
             found = _cached_hub_file("xswu/HPSv2", name)
@@ -458,7 +458,7 @@ def _bert_tokenizer_dir(folder: Path) -> str | None:
 def _find_imagereward_files(path_or_name: str, med_config: str | None,
                             download_root: str | None) -> tuple[Path, Path]:
     how = ("download them on a connected machine (`hf download THUDM/ImageReward ImageReward.pt med_config.json "
-           "--local-dir DIR`) and pass the folder (--judge-weights DIR)")
+           "--local-dir DIR`) and pass the folder (--judge imagereward:DIR)")
     if path_or_name == "ImageReward-v1.0":
         root = Path(download_root or os.path.expanduser("~/.cache/ImageReward"))
         ckpt = root / "ImageReward.pt" if (root / "ImageReward.pt").is_file() else _cached_hub_file(
