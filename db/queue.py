@@ -72,13 +72,14 @@ def _read(engine):
 
 
 def create_run(engine, prompt: str, question: str | None = None, config: dict | None = None, backbone: str = "",
-               judge_policy: dict | None = None, name: str | None = None, status: str = "pending") -> int:
+               judge_policy: dict | None = None, name: str | None = None, status: str = "pending",
+               fingerprint: str | None = None) -> int:
     if not isinstance(prompt, str) or not prompt.strip():
         raise LogError("a run needs a non-empty prompt")
     _check_status(status)
     with Session(engine) as s, s.begin():
         run = Run(prompt=prompt, question=question, config=config, backbone=backbone or "",
-                  judge_policy=judge_policy, name=name, status=status, step=0)
+                  judge_policy=judge_policy, name=name, status=status, step=0, fingerprint=fingerprint)
         s.add(run)
         s.flush()
         return run.id

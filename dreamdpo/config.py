@@ -73,6 +73,7 @@ class RunConfig:
     background: str = "envmap"  # envmap (neural, random solid-colour augmentation) | solid (white)
     batch_size: int | None = None  # renders per step; a multiple of the prior's views (None = one group)
     checkpoint_every: int = 500
+    log_outage_s: float = 300.0  # how long the run retries an unreachable log (with back-off) before it stops
     preview_every: int = 10
     test_views: int = 40
     test_resolution: int = 128
@@ -89,6 +90,19 @@ class RunConfig:
     def to_dict(self) -> dict:
         """Plain data (tuples as lists), so the config round-trips through YAML and JSON."""
         return plain(asdict(self))
+
+    @property
+    def out_dir(self) -> Path:
+        """The run's folder: --out, or outputs/<run-name>."""
+        return Path(self.out) if self.out else Path("outputs") / self.run_name()
+
+    def fingerprint(self) -> str:
+        """What makes a run the same run on --resume: its prompt, prior, judge, seed and folder."""
+        import hashlib
+        import json
+
+        ident = [self.prompt, self.backbone, self.judge, self.seed, str(self.out_dir.resolve())]
+        return hashlib.sha256(json.dumps(ident).encode()).hexdigest()
 
     def run_name(self) -> str:
         words = "".join(c if c.isalnum() else "-" for c in self.prompt.lower()).strip("-")
@@ -236,6 +250,8 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"batch_size must be ≥ 1, got {cfg.batch_size}")
     if cfg.checkpoint_every < 1:
         raise UserError(f"checkpoint_every must be ≥ 1, got {cfg.checkpoint_every}")
+    if not cfg.log_outage_s > 0:
+        raise UserError(f"log_outage_s must be > 0 seconds, got {cfg.log_outage_s}")
     from dreamdpo.config_checks import check_values
 
     check_values(cfg)  # ranges, NaN, zero sizes, texts the log cannot store

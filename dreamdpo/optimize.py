@@ -6,8 +6,10 @@ logged pair can be regenerated from its seeds. `--judge none` is SDS, the baseli
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import json
 import os
 import time
 import warnings
@@ -119,21 +121,35 @@ def save_checkpoint(path: Path, step: int, renderer, optimizer, cfg: RunConfig, 
         tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no .tmp behind
 
 
-def load_checkpoint(path: Path, renderer, optimizer, device, judge: Judge | None = None) -> int:
+def load_checkpoint(path: Path, renderer, optimizer, device, judge: Judge | None = None,
+                    prompt: str | None = None) -> int:
     if not path.exists():
         raise UserError(f"no checkpoint to resume from at {path}; run without --resume to start fresh")
+    state = _read_checkpoint(path, device)
+    was = (state.get("config") or {}).get("prompt")
+    if prompt is not None and was is not None and was != prompt:
+        raise UserError(f"{path.parent.parent} holds a run of the prompt {was[:80]!r}; resume it with that prompt, "
+                        "or pass another --out for a new run")
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
         renderer.load_state_dict(state["renderer"])
         optimizer.load_state_dict(state["optimizer"])
         if judge is not None:
             judge.load_state_dict(state.get("judge") or {})
         return int(state["step"])
     except Exception as e:  # torch raises many types for a damaged file
-        raise UserError(
-            f"checkpoint {path} is damaged or from another configuration ({type(e).__name__}); "
-            "delete it or resume from an earlier one"
-        ) from None
+        raise _damaged(path, e) from None
+
+
+def _read_checkpoint(path: Path, device) -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:
+        raise _damaged(path, e) from None
+
+
+def _damaged(path: Path, e: Exception) -> UserError:
+    return UserError(f"checkpoint {path} is damaged or from another configuration ({type(e).__name__}); "
+                     "delete it or resume from an earlier one")
 
 
 # ---------------------------------------------------------------- the gradient of one step
@@ -251,8 +267,10 @@ def optimize(
     resume: bool = False,
     progress: bool = True,
 ) -> RunResult:
+    """One run, from its config to its outputs. Every check comes before anything is written: a refused
+    start leaves the folder and the log as they were."""
     device = resolve_device(cfg.device)
-    out_dir = Path(cfg.out or Path("outputs") / cfg.run_name())
+    out_dir = cfg.out_dir
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     if not resume and ckpt_path.exists():
         raise UserError(f"{out_dir} already holds a run; pass --resume to continue it or --out to start another")
@@ -260,13 +278,37 @@ def optimize(
     if judge is None and cfg.judge != "none":
         judge = load_run_judge(cfg, device)
     recorder = recorder or Recorder()
-
     V = prior.n_views
     B = cfg.batch_size or V
     if B % V:
         raise UserError(f"batch_size {B} is not a multiple of the prior's {V} views; use {V * max(1, B // V)}")
-    camera_cfg = dataclasses.replace(cfg.camera, n_views=V)
+    with folder_lock(out_dir):
+        return _optimize(cfg, prior, judge, recorder, resume, progress, device, out_dir, B, V)
 
+
+@contextlib.contextmanager
+def folder_lock(out_dir: Path):
+    """One process per run folder: a second `dreamdpo run` on the same --out is refused, not mixed in."""
+    import fcntl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another dreamdpo run is writing to {out_dir}; wait for it to end or pass another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _optimize(cfg: RunConfig, prior: DiffusionPrior, judge: Judge | None, recorder: Recorder, resume: bool,
+              progress: bool, device: torch.device, out_dir: Path, B: int, V: int) -> RunResult:
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    if not resume and ckpt_path.exists():  # again, under the lock
+        raise UserError(f"{out_dir} already holds a run; pass --resume to continue it or --out to start another")
+    camera_cfg = dataclasses.replace(cfg.camera, n_views=V)
     torch.manual_seed(cfg.seed)  # parameter initialisation
     nerf, background, renderer = build_scene(cfg, device)
     o = cfg.optim
@@ -276,11 +318,12 @@ def optimize(
     groups = [g for g in groups if len(list(g["params"]))]
     optimizer = torch.optim.AdamW(groups, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
 
-    start = load_checkpoint(ckpt_path, renderer, optimizer, device, judge) if resume else 0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    start = load_checkpoint(ckpt_path, renderer, optimizer, device, judge, prompt=cfg.prompt) if resume else 0
     cond = prior.encode_prompt(cfg.prompt, cfg.negative_prompt)
-    recorder.start(cfg.to_dict(), cfg.prompt, cfg.human.question, cfg.backbone, cfg.judge)
+    recorder.start(cfg.to_dict(), cfg.prompt, cfg.human.question, cfg.backbone, cfg.judge, cfg.fingerprint())
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if recorder.run_id is not None:  # how --resume finds this run in the log, and checks it is this run
+        (out_dir / "log.json").write_text(json.dumps({"run_id": recorder.run_id, "fingerprint": cfg.fingerprint()}))
 
     metrics: list[dict] = []
     csv_file, writer = open_metrics(out_dir / "metrics.csv", start)

@@ -5,6 +5,7 @@ a ListRecorder; a bare run uses the no-op base class. This keeps torch code free
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,8 @@ class Recorder:
 
     run_id: int | None = None
 
-    def start(self, config: dict, prompt: str, question: str, backbone: str, judge: str) -> None:
+    def start(self, config: dict, prompt: str, question: str, backbone: str, judge: str,
+              fingerprint: str | None = None) -> None:
         pass
 
     def record(self, judgement: Judgement, images_a: Tensor, images_b: Tensor, context: JudgeContext) -> None:
@@ -57,28 +59,47 @@ class ListRecorder(Recorder):
 class DbRecorder(Recorder):
     """Writes the run, every model-judged pair and progress into the preference log (db/)."""
 
-    def __init__(self, engine, run_id: int | None = None, preview_every: int = 10):
+    def __init__(self, engine, run_id: int | None = None, outage_s: float = 300.0):
         self.engine = engine
         self.run_id = run_id
-        self.preview_every = preview_every
+        self.outage_s = outage_s
         self._history: list[dict] = []
         self._extra: dict[str, Any] = {}
 
-    def start(self, config, prompt, question, backbone, judge):
+    def _retry(self, fn):
+        """Every write survives a log outage of up to outage_s (back-off); a transient error never ends a run."""
+        from db.engine import retry
+
+        def say(error, wait):
+            warnings.warn(f"the log is unreachable ({type(error).__name__}); retrying in {wait:.0f} s", stacklevel=3)
+
+        return retry(fn, timeout_s=self.outage_s, on_retry=say)
+
+    def start(self, config, prompt, question, backbone, judge, fingerprint=None):
+        """The one place a run's row is created (after every check of the run has passed), or the
+        resumed run's row, which must be this run's: same fingerprint (prompt, prior, judge, seed, folder)."""
         from db import queue
+        from dreamdpo.errors import UserError
 
         if self.run_id is None:
             self.run_id = queue.create_run(
-                self.engine, prompt, question=question, config=config, backbone=backbone,
-                judge_policy={"judge": judge, **config.get("human", {})},
+                self.engine, prompt, question=question, config=config, backbone=backbone, fingerprint=fingerprint,
+                judge_policy={"judge": judge, "assist_judge": config.get("assist_judge"), **config.get("human", {})},
             )
         else:
-            run = queue.get_run(self.engine, self.run_id) or {}
+            run = queue.get_run(self.engine, self.run_id)
+            if run is None or (run.get("fingerprint") or fingerprint) != fingerprint:
+                what = "has no run" if run is None else f"holds another run (prompt {run['prompt'][:60]!r})"
+                raise UserError(f"the log {what} under id {self.run_id}; resume with the log and the prompt this "
+                                "run was started with (--db, --prompt), or start a new run with another --out")
             self._history = list((run.get("metrics") or {}).get("history", []))
             self._extra = {k: v for k, v in (run.get("metrics") or {}).items() if k != "history"}
         queue.set_run_status(self.engine, self.run_id, "running")
 
     def record(self, judgement, images_a, images_b, context):
+        return self._retry(lambda: self._record(judgement, images_a, images_b, context))
+
+    def _record(self, judgement, images_a, images_b, context):
         from db import queue
 
         if judgement.pair_id is not None:
@@ -111,11 +132,15 @@ class DbRecorder(Recorder):
                             sa, sb, raw=v.raw)
 
     def progress(self, step, metrics, preview=None):
+        return self._retry(lambda: self._progress(step, metrics, preview))
+
+    def _progress(self, step, metrics, preview=None):
         from sqlalchemy.orm import Session
 
         from db import queue
 
-        self._history.append({"step": step, **metrics})
+        if not self._history or self._history[-1]["step"] != step:  # a retried call adds no second point
+            self._history.append({"step": step, **metrics})
         if len(self._history) > HISTORY_LIMIT:  # keep every other old point: bounded row size
             self._history = self._history[: HISTORY_LIMIT // 2 : 2] + self._history[HISTORY_LIMIT // 2 :]
         if preview is not None:
@@ -126,6 +151,9 @@ class DbRecorder(Recorder):
                              metrics={"history": self._history, **self._extra})
 
     def control(self):
+        return self._retry(lambda: self._control())
+
+    def _control(self):
         from db import queue
 
         run = queue.get_run(self.engine, self.run_id)
@@ -133,6 +161,9 @@ class DbRecorder(Recorder):
         return status if status in ("paused", "cancelled") else "running"
 
     def finish(self, status, outputs=None):
+        return self._retry(lambda: self._finish(status, outputs))
+
+    def _finish(self, status, outputs=None):
         from sqlalchemy.orm import Session
 
         from db import queue

@@ -54,17 +54,14 @@ def run_command(args) -> int:
 def prepare_run(cfg, db_url: str | None, resume: bool):
     """The judge and the recorder of a run. db_url None → no log; "" → the default log.
 
-    The run's row in the log is created here and its id kept in <out>/log.json, so that
-    `--resume` continues the same run in the log."""
+    The run's row is created by the recorder once the run has passed every check; on --resume the
+    id kept in <out>/log.json names it, and the recorder checks it is this run."""
     import json
-    from pathlib import Path
 
     from dreamdpo.optimize import load_model_judge, load_run_judge, resolve_device
     from dreamdpo.recording import DbRecorder, Recorder
 
     device = resolve_device(cfg.device)
-    out_dir = Path(cfg.out or Path("outputs") / cfg.run_name())
-    cfg.out = str(out_dir)
     if db_url is None:
         if cfg.judge == "human":
             from dreamdpo.errors import UserError
@@ -72,28 +69,24 @@ def prepare_run(cfg, db_url: str | None, resume: bool):
             raise UserError("--judge human needs the preference log; drop --no-log")
         return load_run_judge(cfg, device), Recorder()
 
-    from db import queue
     from db.engine import connect
 
     engine = connect(db_url or None)
-    link = out_dir / "log.json"
+    link = cfg.out_dir / "log.json"
     run_id = None
     if resume and link.exists():
-        run_id = json.loads(link.read_text())["run_id"]
-    if run_id is None:
-        from dreamdpo.config import plain
+        try:
+            run_id = int(json.loads(link.read_text())["run_id"])
+        except (ValueError, KeyError, TypeError):
+            from dreamdpo.errors import UserError
 
-        run_id = queue.create_run(engine, cfg.prompt, question=cfg.human.question, config=cfg.to_dict(),
-                                  backbone=cfg.backbone, judge_policy={"judge": cfg.judge,
-                                                                       "assist_judge": cfg.assist_judge,
-                                                                       **plain(vars(cfg.human))})
-        out_dir.mkdir(parents=True, exist_ok=True)
-        link.write_text(json.dumps({"run_id": run_id}))
+            raise UserError(f"{link} is damaged; it should hold the run's id in the log, e.g. "
+                            '{"run_id": 3}') from None
     if cfg.judge == "human":
         from dreamdpo.judges.human import HumanJudge
 
         assist = load_model_judge(cfg.assist_judge, device, cfg.judge_weights, lmm=cfg.lmm)
-        judge = HumanJudge(engine, cfg.human, model_judge=assist, seed=cfg.seed)
+        judge = HumanJudge(engine, cfg.human, model_judge=assist, seed=cfg.seed, outage_s=cfg.log_outage_s)
     else:
         judge = load_run_judge(cfg, device)
-    return judge, DbRecorder(engine, run_id=run_id)
+    return judge, DbRecorder(engine, run_id=run_id, outage_s=cfg.log_outage_s)

@@ -112,9 +112,11 @@ def decision_to_judgement(decision: dict, pair_id: int) -> Judgement:
 class HumanJudge(Judge):
     name = "human"
 
-    def __init__(self, engine, policy: HumanPolicy, model_judge: Judge | None = None, seed: int = 0):
+    def __init__(self, engine, policy: HumanPolicy, model_judge: Judge | None = None, seed: int = 0,
+                 outage_s: float = 300.0):
         policy.check(model_judge is not None)
         self.engine = engine
+        self.outage_s = outage_s
         self.policy = policy
         self.model_judge = model_judge
         self.seed = seed
@@ -147,6 +149,13 @@ class HumanJudge(Judge):
         return self.policy.audit_rate > 0 and rng(self.seed, step, Stream.AUDIT).random() < self.policy.audit_rate
 
     def compare(self, images_a: Tensor, images_b: Tensor, prompt: str, context: JudgeContext | None = None) -> Judgement:
+        """Through a log outage of up to outage_s the step is retried with back-off; a retried step
+        finds the pair it already posted (by step and seeds), so nothing is posted twice."""
+        from db.engine import retry
+
+        return retry(lambda: self._compare(images_a, images_b, prompt, context), timeout_s=self.outage_s)
+
+    def _compare(self, images_a: Tensor, images_b: Tensor, prompt: str, context: JudgeContext | None) -> Judgement:
         ctx = context or JudgeContext()
         if ctx.run_id is None:
             raise UserError("the human judge needs a run in the preference log (JudgeContext.run_id)")
