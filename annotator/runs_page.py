@@ -1,5 +1,8 @@
-"""Runs page: live runs with their latest render and turntable, loss/gap curves, the steps waiting
-on people; admins may pause, resume or cancel a run (the loop polls its status)."""
+"""Runs page: every run with its first and latest render and its turntable (kept after the run
+ends, so `dreamdpo annotate` on the same log shows finished runs), one chart per quantity on its
+own axis (loss, gap, the learned model's agreement with people, who decided the steps), and the
+steps waiting on people. Admins may pause, resume or cancel a run (the loop polls its status);
+cancelling asks for a confirmation first."""
 from __future__ import annotations
 
 import pandas as pd
@@ -11,6 +14,9 @@ from db import queue
 from db.models import Pair, utcnow
 
 LIVE = ("pending", "running", "paused")
+BINS = 20  # the share of steps each source decided is shown over at most this many windows of steps
+CHARTS = (("loss", "Loss"), ("gap", "Gap between the candidates (0–1)"),
+          ("agreement", "Learned model's agreement with people (leave-one-out)"))
 
 
 def waiting_on_people(engine) -> dict[int, int]:
@@ -24,41 +30,91 @@ def waiting_on_people(engine) -> dict[int, int]:
 
 
 def curves(history: list[dict]) -> pd.DataFrame:
+    """Step-indexed numeric columns of the run's history (loss, gap, agreement, …)."""
     frame = pd.DataFrame(history)
-    cols = [c for c in ("loss", "gap") if c in frame]
-    if frame.empty or not cols:
+    cols = [c for c, _ in CHARTS if c in frame]
+    if frame.empty or not cols or "step" not in frame:
         return pd.DataFrame()
     return frame.set_index("step")[cols].apply(pd.to_numeric, errors="coerce")
 
 
+def source_shares(history: list[dict], bins: int = BINS) -> pd.DataFrame:
+    """Share of steps each source decided ('learned', 'human', 'toy-reward', …) per window of steps,
+    indexed by the window's first step; empty when the history names no source."""
+    frame = pd.DataFrame(history)
+    if frame.empty or "source" not in frame or "step" not in frame:
+        return pd.DataFrame()
+    frame = frame.dropna(subset=["source"])
+    if frame.empty:
+        return pd.DataFrame()
+    steps = pd.to_numeric(frame["step"], errors="coerce")
+    width = max(1, int((steps.max() - steps.min()) // bins) + 1)
+    window = (steps - steps.min()) // width * width + steps.min()
+    counts = pd.crosstab(window.astype(int), frame["source"].astype(str))
+    counts.index.name = "step"
+    return counts.div(counts.sum(axis=1), axis=0)
+
+
 def controls(engine, run: dict) -> None:
-    c = st.columns(3)
+    c = st.columns(4)
     rid = run["id"]
+    ss = st.session_state
     if run["status"] == "running" and c[0].button("Pause", key=f"pause-{rid}"):
         queue.set_run_status(engine, rid, "paused")
         st.rerun()
     if run["status"] == "paused" and c[0].button("Resume", key=f"resume-{rid}"):
         queue.set_run_status(engine, rid, "running")
         st.rerun()
-    if run["status"] in LIVE and c[1].button("Cancel run", key=f"cancel-{rid}"):
+    if run["status"] not in LIVE:
+        return
+    if not ss.get(f"confirm-cancel-{rid}"):
+        if c[1].button("Cancel run", key=f"cancel-{rid}"):
+            ss[f"confirm-cancel-{rid}"] = True
+            st.rerun()
+        return
+    st.warning(f"Cancel run {int(rid)}? It stops at its next step, its waiting pairs are withdrawn and votes on "
+               "them are refused. This cannot be undone.")
+    c = st.columns(4)
+    if c[0].button("Yes, cancel the run", key=f"cancel-yes-{rid}", type="primary"):
         queue.cancel_run(engine, rid)
+        ss.pop(f"confirm-cancel-{rid}", None)
+        st.rerun()
+    if c[1].button("No, keep it", key=f"cancel-no-{rid}"):
+        ss.pop(f"confirm-cancel-{rid}", None)
         st.rerun()
 
 
 def show_run(engine, run: dict, waiting: int, admin: bool) -> None:
     metrics = run.get("metrics") or {}
+    history = metrics.get("history") or []
     st.subheader(f"Run {int(run['id'])} · {md(run['status'])} · step {int(run['step'])}")
     st.text(run["prompt"])  # text from the log is plain text, never markdown
     st.text(f"backbone {run['backbone'] or '?'} · judge {(run.get('judge_policy') or {}).get('judge', '?')} · "
             f"steps waiting on people: {waiting}")
-    cols = st.columns(2)
-    for col, key, title in ((cols[0], "preview", "Latest render"), (cols[1], "turntable", "Turntable")):
-        png = queue.get_image(engine, metrics[key]) if metrics.get(key) else None
-        if png is not None:
+    images = [("first_preview", "First render"), ("preview", "Latest render"), ("turntable", "Turntable")]
+    if metrics.get("first_preview") == metrics.get("preview"):
+        images = images[1:]
+    shown = [(title, queue.get_image(engine, metrics[key])) for key, title in images if metrics.get(key)]
+    shown = [(title, png) for title, png in shown if png is not None]
+    if shown:
+        for col, (title, png) in zip(st.columns(3), shown):
             col.image(png, caption=title, width="stretch", output_format="PNG")
-    frame = curves(metrics.get("history") or [])
-    if not frame.empty:
-        st.line_chart(frame)
+    else:
+        st.caption("No render yet: the first one is logged after the run's first steps.")
+    frame = curves(history)
+    shares = source_shares(history)
+    panels = [(title, frame[[key]].dropna()) for key, title in CHARTS if key in frame and frame[key].notna().any()]
+    if not shares.empty:
+        panels.append(("Share of steps decided by each source", shares))
+    if panels:
+        for col, (title, data) in zip(st.columns(len(panels)), panels):
+            col.caption(title)
+            if title.startswith("Share"):
+                col.bar_chart(data, stack=True, height=220)
+            else:
+                col.line_chart(data, height=220)
+    else:
+        st.caption("No curves yet: the run has not logged a step.")
     if metrics.get("outputs"):
         st.json(metrics["outputs"], expanded=False)
     if admin:
@@ -72,10 +128,12 @@ def render(engine, user: dict) -> None:
     if not runs:
         st.info("No runs in the log yet. Start one with `dreamdpo run` or `dreamdpo demo`.")
         return
-    show_all = st.toggle("Show finished and cancelled runs too", value=False)
+    live = [r for r in runs if r["status"] in LIVE]
+    show_all = st.toggle("Show finished and cancelled runs too", value=not live,
+                         help="finished runs keep their renders, turntable and curves")
     waiting = waiting_on_people(engine)
     shown = [r for r in reversed(runs) if show_all or r["status"] in LIVE]
     if not shown:
-        st.info("No live runs right now.")
+        st.info("No live runs right now; switch on 'Show finished and cancelled runs too' to see the others.")
     for run in shown:
         show_run(engine, run, waiting.get(run["id"], 0), user["role"] == "admin")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 from streamlit.testing.v1 import AppTest
 
 from db import accounts, queue
@@ -52,6 +53,12 @@ def run_with_pair(engine, prompt="a red cube", question="Which is redder?", vote
     run_id = queue.create_run(engine, prompt, question=question, status="running")
     pair_id = queue.post_pair(engine, run_id, 0, png(10), png(200), render_image=png(90), votes_needed=votes_needed)
     return run_id, pair_id
+
+
+def count_images(node) -> int:
+    """Images drawn under `node` (at.get("imgs") does not see st.image in this Streamlit)."""
+    own = int(getattr(node, "type", None) == "image")
+    return own + sum(count_images(c) for c in getattr(node, "children", {}).values())
 
 
 def stored_votes(engine, pair_id):
@@ -234,7 +241,45 @@ def test_runs_page_controls_are_for_admins_only(log):
     at.button(key=f"resume-{run_id}").click().run()
     assert queue.get_run(engine, run_id)["status"] == "running"
     at.button(key=f"cancel-{run_id}").click().run()
+    assert queue.get_run(engine, run_id)["status"] == "running"  # asks first
+    assert any(f"Cancel run {run_id}?" in w.value for w in at.warning)
+    at.button(key=f"cancel-no-{run_id}").click().run()
+    assert queue.get_run(engine, run_id)["status"] == "running"
+    at.button(key=f"cancel-{run_id}").click().run()
+    at.button(key=f"cancel-yes-{run_id}").click().run()
     assert queue.get_run(engine, run_id)["status"] == "cancelled"
+
+
+def test_runs_page_charts_each_quantity_on_its_own_axis_and_keeps_finished_runs(log):
+    engine, url, _, users = log
+    run_id, _ = run_with_pair(engine)
+    history = [{"step": s, "loss": 4000.0 / (s + 1), "gap": 0.1 * (s % 10), "source": src,
+                **({"agreement": 0.5 + s / 100} if s % 5 == 0 else {})}
+               for s, src in zip(range(40), ["learned", "human", "toy-reward", "learned"] * 10)]
+    first, latest = png(10), png(200)
+    with Session(engine) as s, s.begin():
+        ids = [queue.put_image(s, first), queue.put_image(s, latest)]
+    queue.set_run_status(engine, run_id, "finished", step=40,
+                         metrics={"history": history, "first_preview": ids[0], "preview": ids[1], "turntable": ids[1]})
+    at = page("runs_page", url, users["ann"]).run()
+    assert at.toggle[0].value  # no live run: finished ones are shown
+    assert [c.value for c in at.caption if c.value in ("Loss", "Gap between the candidates (0–1)")] == [
+        "Loss", "Gap between the candidates (0–1)"]
+    assert any(c.value.startswith("Learned model's agreement") for c in at.caption)
+    assert any(c.value.startswith("Share of steps") for c in at.caption)
+    assert len(at.get("vega_lite_chart")) == 4  # four charts, four axes
+    assert count_images(at.main) == 3  # first render, latest render, turntable
+    assert not any("nan" in t.lower() for t in texts(at))
+
+
+def test_source_shares_sum_to_one_per_window():
+    from annotator.runs_page import source_shares
+
+    history = [{"step": s, "source": "human" if s % 4 == 0 else "learned"} for s in range(100)]
+    shares = source_shares(history, bins=10)
+    assert len(shares) == 10 and (shares.sum(axis=1).round(9) == 1).all()
+    assert abs(shares["human"].mean() - 0.25) < 0.01
+    assert source_shares([{"step": 0, "loss": 1.0}]).empty
 
 
 def test_admin_page_creates_and_deactivates_tokens(log):
