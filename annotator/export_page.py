@@ -1,6 +1,7 @@
 """Export page (admins only): build a Pick-a-Pic, TRL or JSONL export and download it as a zip.
 
-People's votes only by default: a dataset of model-judge votes is asked for explicitly."""
+People's votes only by default: a dataset of model-judge votes is asked for explicitly. The last
+export stays in the session, so one download never clears the other download buttons."""
 from __future__ import annotations
 
 import tempfile
@@ -45,8 +46,18 @@ def render(engine, user: dict) -> None:
             except LogError as e:
                 st.error(str(e))
                 return
-            st.json(manifest["counts"])
-            st.download_button(f"Download {fmt} export (zip)", export.zip_export(out),
-                               file_name=f"dreamdpo-{fmt}.zip", mime="application/zip")
-            st.download_button("Download manifest.json", (out / "manifest.json").read_bytes(),
-                               file_name="manifest.json", mime="application/json")
+            # kept in the session: a download reruns nothing (on_click="ignore"), and a rerun for any
+            # other reason still shows every download of the last export
+            st.session_state["export_built"] = dict(fmt=fmt, counts=manifest["counts"], zip=export.zip_export(out),
+                                                    manifest=(out / "manifest.json").read_bytes())
+    built = st.session_state.get("export_built")
+    if built is None:
+        st.caption("Nothing built yet: choose the format and filters, then Build export.")
+        return
+    st.caption(f"Last export built: {built['fmt']}")
+    st.json(built["counts"])
+    cols = st.columns(2)
+    cols[0].download_button(f"Download {built['fmt']} export (zip)", built["zip"], file_name=f"dreamdpo-{built['fmt']}.zip",
+                            mime="application/zip", on_click="ignore", key="download-zip")
+    cols[1].download_button("Download manifest.json", built["manifest"], file_name="manifest.json",
+                            mime="application/json", on_click="ignore", key="download-manifest")

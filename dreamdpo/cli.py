@@ -29,6 +29,44 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's real default; never "(default: None)" or a flag's "(default: False)"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+# `dreamdpo run` options whose default comes from RunConfig (None on the command line, so that a
+# --config file is not overridden): their help shows RunConfig's value
+RUN_CONFIG_DEFAULTS = {"prompt": "prompt", "backbone": "backbone", "judge": "judge", "steps": "steps",
+                       "seed": "seed", "device": "device", "tau": "dpo.tau"}
+
+
+def _run_config_defaults(run_parser) -> None:
+    from dreamdpo.config import RunConfig
+
+    cfg = RunConfig()
+    for action in run_parser._actions:
+        path = RUN_CONFIG_DEFAULTS.get(action.dest)
+        if path is None or "default" in (action.help or ""):
+            continue
+        value = cfg
+        for part in path.split("."):
+            value = getattr(value, part)
+        action.help = f"{action.help or ''} (default: {value!r})".strip().replace("%", "%%")
+
+
+def _all_parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _all_parsers(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="dreamdpo", description="Preference-aligned text-to-3D (DreamDPO), with people in the loop and a log "
@@ -42,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.add_commands(sub)
+    for p in _all_parsers(parser):
+        p.formatter_class = DefaultsFormatter
+    if "run" in sub.choices:
+        _run_config_defaults(sub.choices["run"])
     return parser
 
 

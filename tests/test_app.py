@@ -293,3 +293,22 @@ def test_admin_page_creates_and_deactivates_tokens(log):
     at.selectbox[0].select("carol")
     at.button[1].click().run()
     assert accounts.authenticate(engine, token) is None
+
+
+def count_type(node, kind: str) -> int:
+    own = int(getattr(node, "type", None) == kind)
+    return own + sum(count_type(c, kind) for c in getattr(node, "children", {}).values())
+
+
+def test_export_downloads_stay_after_a_rerun(log):
+    engine, url, _, users = log
+    _, pair_id = run_with_pair(engine)
+    queue.claim_pair(engine, pair_id, users["ann"]["id"])
+    queue.vote(engine, pair_id, users["ann"]["id"], "a")
+    at = page("export_page", url, users["root"]).run()
+    assert count_type(at.main, "download_button") == 0
+    at.button[0].click().run()
+    assert not at.exception and count_type(at.main, "download_button") == 2
+    at.run()  # any other rerun (a download, a filter change) keeps both downloads
+    assert count_type(at.main, "download_button") == 2
+    assert "comparisons" in at.json[0].value

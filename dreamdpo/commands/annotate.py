@@ -28,20 +28,28 @@ DEMO_PROMPT = "a red cube"
 def add_commands(sub) -> None:
     p = sub.add_parser("annotate", help="start the annotator app (Streamlit) on the preference log")
     p.add_argument("--db", help="log URL or SQLite file (default $DREAMDPO_DB, else dreamdpo-data/log.sqlite)")
-    p.add_argument("--port", type=port_number, default=8501)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve a team)")
+    p.add_argument("--port", type=port_number, default=8501, help="port to listen on (default: 8501)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on, 0.0.0.0 to serve a team (default: 127.0.0.1, this machine only)")
     p.set_defaults(handler=annotate_command)
 
     d = sub.add_parser("demo", help="the whole loop offline on a CPU: log, tokens, app and a toy run people judge",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    d.add_argument("--prompt", default=DEMO_PROMPT)
-    d.add_argument("--steps", type=int, default=300)
+    d.add_argument("--prompt", default=argparse.SUPPRESS,
+                   help=f"text prompt; another prompt than the current demo run's starts a new run "
+                        f"(default: the current demo run's prompt, else {DEMO_PROMPT!r})")
+    d.add_argument("--fresh", action="store_true", help="start a new demo run even if the last one can be resumed")
+    d.add_argument("--steps", type=int, default=300, help="optimization steps")
     d.add_argument("--every-k", type=int, default=10, help="people judge every k-th step, the toy reward the rest")
     d.add_argument("--timeout", type=float, default=120.0,
                    help="seconds a pair waits for people before the toy reward decides it")
-    d.add_argument("--db", help="log URL or SQLite file (default: the demo's data directory)")
-    d.add_argument("--port", type=port_number, default=8501)
-    d.add_argument("--out", help="output directory (default <data dir>/demo-run)")
+    d.add_argument("--audit-rate", type=float, default=0.1,
+                   help="share of the toy reward's steps also shown to people, so the Audit page can compare them")
+    d.add_argument("--db", default=argparse.SUPPRESS,
+                   help="log URL or SQLite file (default: $DREAMDPO_DB, else <data dir>/log.sqlite)")
+    d.add_argument("--port", type=port_number, default=8501, help="port of the annotator app")
+    d.add_argument("--out", default=argparse.SUPPRESS,
+                   help="output directory (default: the current demo run's, else <data dir>/demo-run)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(handler=demo_command)
 
@@ -171,14 +179,50 @@ def demo_accounts(engine) -> dict:
     return tokens
 
 
-def demo_config(args, out: Path):
+def demo_config(args, out: Path, prompt: str):
     from dreamdpo.config import load_config
 
-    flags = {"prompt": args.prompt, "backbone": "toy", "judge": "human", "steps": args.steps, "out": str(out),
+    flags = {"prompt": prompt, "backbone": "toy", "judge": "human", "steps": args.steps, "out": str(out),
              "device": "cpu", "export_mesh": True, "mesh_resolution": 64, "checkpoint_every": 10}
     overrides = [f"human.every_k={args.every_k}", f"human.timeout_s={args.timeout}", "human.fallback=model",
-                 "assist_judge=toy-reward"]
+                 f"human.audit_rate={args.audit_rate}", "assist_judge=toy-reward"]
     return load_config(flags=flags, overrides=overrides)
+
+
+CURRENT = "demo-current"  # in the data dir: the output directory of the demo run `dreamdpo demo` resumes
+
+
+def demo_run_dir(home: Path, args, engine) -> tuple[Path, str, dict | None]:
+    """(output directory, prompt, the log's row of the run found there) for this start of the demo.
+
+    The current demo run is resumed unless --fresh or another --prompt asks for a new one, which
+    gets the next free <data dir>/demo-run-N (earlier runs and their files are kept)."""
+    import json
+
+    from db import queue
+
+    if getattr(args, "out", None):
+        out = Path(args.out)
+    else:
+        pointer = home / CURRENT
+        out = Path(pointer.read_text().strip()) if pointer.is_file() else home / "demo-run"
+    run = None
+    link = out / "log.json"
+    if link.is_file():
+        try:
+            run = queue.get_run(engine, int(json.loads(link.read_text())["run_id"]))
+        except (ValueError, KeyError, TypeError):
+            run = None
+    prompt = getattr(args, "prompt", None) or (run["prompt"] if run else DEMO_PROMPT)
+    if run is not None and (args.fresh or prompt != run["prompt"]) and not getattr(args, "out", None):
+        n = 2
+        while (home / f"demo-run-{n}").exists():
+            n += 1
+        out, run = home / f"demo-run-{n}", None
+    if not getattr(args, "out", None):
+        home.mkdir(parents=True, exist_ok=True)
+        (home / CURRENT).write_text(str(out))
+    return out, prompt, run
 
 
 def demo_command(args) -> int:
@@ -187,31 +231,49 @@ def demo_command(args) -> int:
     from dreamdpo.optimize import optimize
 
     home = data_dir()
-    url = resolve_url(args.db)
+    url = resolve_url(getattr(args, "db", None))
     engine = connect(url)
-    out = Path(args.out) if args.out else home / "demo-run"
-    cfg = demo_config(args, out)
-    resume = (out / "checkpoints" / "last.pt").exists()
+    out, prompt, previous = demo_run_dir(home, args, engine)
+    cfg = demo_config(args, out, prompt)
+    done = previous is not None and previous["status"] in ("finished", "cancelled")
+    resume = not done and (out / "checkpoints" / "last.pt").exists()
     check_port_free("127.0.0.1", args.port)
     tokens = demo_accounts(engine)
-    judge, recorder = prepare_run(cfg, db_url=url, resume=resume)
+    judge, recorder = (None, None) if done else prepare_run(cfg, db_url=url, resume=resume)
     proc = start_app(url, args.port, env={"DREAMDPO_LEASE_S": str(cfg.human.lease_seconds)})
+    result = None
     try:
         wait_ready(proc, args.port)
         print(f"annotator app: http://127.0.0.1:{args.port}\n"
               f"  admin token:     {tokens['admin_token']}\n"
               f"  annotator token: {tokens['annotator_token']}\n"
-              f"log: {url}\n{'resuming' if resume else 'starting'} run {recorder.run_id}: {cfg.prompt!r}, "
+              f"log: {url}", flush=True)
+        if done:
+            print(f"demo run {previous['id']} ({previous['prompt']!r}) is {previous['status']}; its renders and "
+                  f"turntable are on the Runs page. Start a new one with `dreamdpo demo --fresh`, or "
+                  f"`dreamdpo demo --prompt \"another prompt\"`. Ctrl-C stops the app.", flush=True)
+            return keep_open(proc)
+        print(f"{'resuming' if resume else 'starting'} run {recorder.run_id}: {cfg.prompt!r}, "
               f"{cfg.steps} steps; people judge every {cfg.human.every_k}th step (the toy reward after "
-              f"{cfg.human.timeout_s:.0f} s without a vote, and on the other steps)", flush=True)
+              f"{cfg.human.timeout_s:.0f} s without a vote, and on the other steps; "
+              f"{cfg.human.audit_rate:.0%} of those are also shown to people for the Audit page)", flush=True)
         result = optimize(cfg, judge=judge, recorder=recorder, resume=resume, progress=not args.quiet)
+        print(f"{result.status}: {result.steps_done} steps of run {recorder.run_id}; outputs in {result.out_dir}")
+        for name, path in result.outputs.items():
+            if isinstance(path, str):
+                print(f"  {name}: {path}")
+        print("the app stays open to look at the finished run (Runs page); Ctrl-C stops it.", flush=True)
+        keep_open(proc)
+        return 0 if result.status == "finished" else 1
     except KeyboardInterrupt:
+        if done or result is not None:  # only the app was left to stop
+            return 0 if done or result.status == "finished" else 1
         print(f"stopped; the last checkpoint is in {out}. Run `dreamdpo demo` again to resume.", file=sys.stderr)
         return 130
     finally:
         stop_app(proc)
-    print(f"{result.status}: {result.steps_done} steps of run {recorder.run_id}; outputs in {result.out_dir}")
-    for name, path in result.outputs.items():
-        if isinstance(path, str):
-            print(f"  {name}: {path}")
-    return 0 if result.status == "finished" else 1
+
+
+def keep_open(proc: subprocess.Popen) -> int:
+    """Until Ctrl-C (or the app exits by itself)."""
+    return proc.wait()
