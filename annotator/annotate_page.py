@@ -177,6 +177,16 @@ def recent_votes(engine, annotator_id: int, n: int = 10) -> list[dict]:
         return [dict(r) for r in conn.execute(q).mappings()]
 
 
+def preparation() -> tuple[int, int] | None:
+    """(done, total) while `dreamdpo demo` builds its toy bank ($DREAMDPO_PREPARING names its progress file)."""
+    path = os.environ.get("DREAMDPO_PREPARING")
+    try:
+        done, total = open(path).read().split() if path else (None, None)
+        return int(done), int(total)
+    except (OSError, ValueError):
+        return None
+
+
 def time_left(pair: dict) -> float:
     """Seconds until the pair is no longer yours to vote on (lease end or the run's deadline)."""
     ends = [t for t in (pair.get("expires_at"), pair.get("deadline")) if t is not None]
@@ -258,6 +268,12 @@ def _show_pair(engine, user, pair: dict | None, counts: str) -> list:
     """The pair (prompt, question, time left, both candidates, vote buttons); returns the button columns."""
     if pair is None:
         st.caption(counts)
+        preparing = preparation()
+        if preparing is not None:
+            done, total = preparing
+            st.progress(done / total if total else 0.0,
+                        text=f"The demo is preparing its toy world (built once, then cached): {done} of "
+                             f"{total or '?'} layouts rendered. The first pair appears here by itself.")
         st.info(EMPTY)
         return []
     top = st.columns([5, 4, 3])

@@ -312,3 +312,16 @@ def test_export_downloads_stay_after_a_rerun(log):
     at.run()  # any other rerun (a download, a filter change) keeps both downloads
     assert count_type(at.main, "download_button") == 2
     assert "comparisons" in at.json[0].value
+
+
+def test_the_empty_queue_shows_the_demos_preparation(log, tmp_path, monkeypatch):
+    _, url, _, users = log
+    marker = tmp_path / "preparing.txt"
+    marker.write_text("12 54")
+    monkeypatch.setenv("DREAMDPO_PREPARING", str(marker))
+    at = page("annotate_page", url, users["ann"]).run()
+    [bar] = at.get("progress")
+    assert "12 of 54 layouts" in bar.proto.text and abs(bar.proto.value - 22) <= 1
+    marker.unlink()
+    at.run()
+    assert not at.get("progress") and "No pairs are waiting for you" in at.info[0].value

@@ -51,3 +51,21 @@ def test_help_texts_show_real_defaults(command, capsys):
         assert "(default: 'a red cube')" in text and "(default: 'toy')" in text
     if command == ["demo"]:
         assert "(default: 300)" in text and "(default: 8501)" in text
+
+
+def test_the_demo_mirrors_the_toy_bank_progress_for_the_app_and_removes_it(tmp_path, monkeypatch):
+    from dreamdpo.commands.annotate import prepare_toy_world
+    from dreamdpo.toyworld import bank
+
+    marker, seen = tmp_path / "preparing.txt", []
+
+    def fake_build(config, progress=True):
+        with bank.tqdm(total=3, disable=True) as bar:
+            for _ in range(3):
+                bar.update(1)
+                seen.append(marker.read_text())
+
+    monkeypatch.setattr(bank, "build_bank", fake_build)
+    prepare_toy_world(marker, progress=False)
+    assert seen == ["1 3", "2 3", "3 3"]
+    assert not marker.exists() and bank.tqdm.__name__ == "tqdm"

@@ -240,7 +240,9 @@ def demo_command(args) -> int:
     check_port_free("127.0.0.1", args.port)
     tokens = demo_accounts(engine)
     judge, recorder = (None, None) if done else prepare_run(cfg, db_url=url, resume=resume)
-    proc = start_app(url, args.port, env={"DREAMDPO_LEASE_S": str(cfg.human.lease_seconds)})
+    preparing = home / "preparing.txt"  # the app's Annotate page shows the toy bank's progress from it
+    proc = start_app(url, args.port, env={"DREAMDPO_LEASE_S": str(cfg.human.lease_seconds),
+                                          "DREAMDPO_PREPARING": str(preparing.resolve())})
     result = None
     try:
         wait_ready(proc, args.port)
@@ -257,6 +259,7 @@ def demo_command(args) -> int:
               f"{cfg.steps} steps; people judge every {cfg.human.every_k}th step (the toy reward after "
               f"{cfg.human.timeout_s:.0f} s without a vote, and on the other steps; "
               f"{cfg.human.audit_rate:.0%} of those are also shown to people for the Audit page)", flush=True)
+        prepare_toy_world(preparing, progress=not args.quiet)
         result = optimize(cfg, judge=judge, recorder=recorder, resume=resume, progress=not args.quiet)
         print(f"{result.status}: {result.steps_done} steps of run {recorder.run_id}; outputs in {result.out_dir}")
         for name, path in result.outputs.items():
@@ -272,6 +275,31 @@ def demo_command(args) -> int:
         return 130
     finally:
         stop_app(proc)
+
+
+def prepare_toy_world(marker: Path, progress: bool = True) -> None:
+    """Build (or load) the toy bank the run's prior needs before the run starts, mirroring its progress
+    into `marker` ("done total" layouts) for the app; the marker is removed when the bank is ready."""
+    from dreamdpo.toyworld import bank
+
+    class Mirrored(bank.tqdm):
+        def __init__(self, *a, total=None, **kw):
+            super().__init__(*a, total=total, **kw)
+            self.mirrored, self.mirror_total = 0, total or 0  # counted here too: a disabled bar (--quiet) counts nothing
+
+        def update(self, n=1):
+            out = super().update(n)
+            self.mirrored += n
+            marker.write_text(f"{self.mirrored} {self.mirror_total}")
+            return out
+
+    marker.write_text("0 0")
+    plain, bank.tqdm = bank.tqdm, Mirrored
+    try:
+        bank.build_bank(bank.BankConfig(), progress=progress)  # optimize's ToyPrior.build() then loads it
+    finally:
+        bank.tqdm = plain
+        marker.unlink(missing_ok=True)
 
 
 def keep_open(proc: subprocess.Popen) -> int:
