@@ -144,19 +144,12 @@ def test_a_port_someone_listens_on_is_reported_in_use():
             check_port_free("127.0.0.1", s.getsockname()[1])
 
 
-def test_sigterm_to_the_demo_stops_its_app_and_its_run(tmp_path):
-    """The demo: the app child and the optimization in dreamdpo itself both end; the toy bank is taken
-    from the usual cache (built there once if absent)."""
-    from dreamdpo.toyworld.bank import cache_dir
-
-    shared = cache_dir()
-    shared.mkdir(parents=True, exist_ok=True)
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "toyworld").symlink_to(shared, target_is_directory=True)
+def test_sigterm_to_the_demo_stops_its_app_and_its_run(tmp_path, toy_prior):
+    """The demo: the app child and the optimization in dreamdpo itself both end (the toy bank comes
+    from the session's cache, which `toy_prior` fills)."""
     port = free_port()
-    proc = start(["demo", "--port", str(port), "--steps", "50", "--quiet"], tmp_path,
-                 env={"DREAMDPO_HOME": str(home)})
+    proc = start(["demo", "--port", str(port), "--steps", "50", "--quiet", "--db", str(tmp_path / "log.sqlite"),
+                  "--out", str(tmp_path / "out")], tmp_path)
     try:
         wait_for(lambda: serving(port) or proc.poll() is not None, 600, "the demo's app to serve")
         assert proc.poll() is None, (tmp_path / "dreamdpo-0.log").read_text()
