@@ -77,6 +77,7 @@ def test_nearest_camera_of_a_bank_camera_is_itself(small_prior):
         assert int(idx[0]) == i and abs(float(logw[0])) < 1e-9
 
 
+@pytest.mark.slow  # the default bank: 22 s to build on 2 idle cores, minutes under load
 def test_one_step_x0_from_a_grey_blob_shows_the_prompt(prior):
     """At moderate-to-high noise the one-step estimate from a featureless grey sphere is the
     prompt's object (what SDS pulls the NeRF towards). A prior that ignored the words, mixed up
