@@ -29,7 +29,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 import streamlit as st
 
-from annotator import guard, keys
+from annotator import guard, instructions, keys
 from annotator.views import grid_png
 from db import queue
 from db.engine import is_transient
@@ -180,8 +180,10 @@ def recent_votes(engine, annotator_id: int, n: int = 10) -> list[dict]:
 def preparation() -> tuple[int, int] | None:
     """(done, total) while `dreamdpo demo` builds its toy bank ($DREAMDPO_PREPARING names its progress file)."""
     path = os.environ.get("DREAMDPO_PREPARING")
+    if not path:
+        return None
     try:
-        done, total = open(path).read().split() if path else (None, None)
+        done, total = open(path).read().split()
         return int(done), int(total)
     except (OSError, ValueError):
         return None
@@ -255,6 +257,11 @@ def _pane(engine, user) -> None:
         if pair["context"]:
             with context.expander("Current render (context)"):
                 st.image(pair["context"], width="stretch", output_format="PNG")
+    with more.expander("Instructions"):
+        run_id = (pair or {}).get("run_id") or ss.get("instructions_run")
+        if pair is not None:
+            ss["instructions_run"] = pair["run_id"]
+        st.text(instructions.for_run(engine, run_id) if run_id else instructions.DEFAULT)
     mine = recent_votes(engine, user["id"])
     if mine:
         with more.expander("Your recent votes"):

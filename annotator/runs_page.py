@@ -9,6 +9,7 @@ import pandas as pd
 import sqlalchemy as sa
 import streamlit as st
 
+from annotator import instructions
 from annotator.plain import md
 from db import queue
 from db.models import Pair, utcnow
@@ -118,6 +119,12 @@ def show_run(engine, run: dict, waiting: int, admin: bool) -> None:
     if metrics.get("outputs"):
         st.json(metrics["outputs"], expanded=False)
     if admin:
+        with st.expander("Instructions for annotators"):
+            text = st.text_area("What people see for this run (empty = the default)",
+                                instructions.for_run(engine, run["id"]), key=f"instructions-{run['id']}", height=200)
+            if st.button("Save instructions", key=f"save-instructions-{run['id']}"):
+                instructions.save(engine, run["id"], None if text.strip() == instructions.DEFAULT else text)
+                st.success("Saved: annotators see them with this run's next pair.")
         controls(engine, run)
     st.divider()
 

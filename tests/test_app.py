@@ -325,3 +325,16 @@ def test_the_empty_queue_shows_the_demos_preparation(log, tmp_path, monkeypatch)
     marker.unlink()
     at.run()
     assert not at.get("progress") and "No pairs are waiting for you" in at.info[0].value
+
+
+def test_an_admin_edits_a_runs_instructions_and_annotators_see_them_as_text(log):
+    engine, url, _, users = log
+    run_id, _ = run_with_pair(engine)
+    at = page("annotate_page", url, users["ann"]).run()
+    assert any("Tie (T): both are equally good" in t for t in texts(at))  # the default says what each answer does
+    at = page("runs_page", url, users["root"]).run()
+    at.text_area(key=f"instructions-{run_id}").input("Prefer **sharp** edges. " + XSS)
+    at.button(key=f"save-instructions-{run_id}").click().run()
+    at = page("annotate_page", url, users["ann"]).run()
+    assert "Prefer **sharp** edges. " + XSS in texts(at)
+    assert not [a for a in page("runs_page", url, users["ann"]).run().text_area]  # annotators cannot edit
