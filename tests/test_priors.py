@@ -20,7 +20,7 @@ def offline():
     mp.undo()
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def latent_dir(tiny_sd):
     return tiny_sd
 

@@ -1,11 +1,12 @@
 """The toy prior's bank of renders: cached on disk, deterministic from its seed, equal to the renderer."""
+import pytest
 import torch
 
 from dreamdpo.toyworld.bank import BankConfig, build_bank, cache_dir
 from dreamdpo.toyworld.render import render
 from dreamdpo.toyworld.vocab import parse_prompt
 
-SMALL = dict(n_cameras=3, resolution=32, supersample=1)
+SMALL = dict(n_cameras=2, resolution=16, supersample=1)  # the smallest bank that tests each rule
 
 
 def test_second_build_loads_the_cache_and_equals_the_first(tmp_path):
@@ -18,6 +19,7 @@ def test_second_build_loads_the_cache_and_equals_the_first(tmp_path):
     assert torch.equal(first.cameras.azimuth, second.cameras.azimuth)
 
 
+@pytest.mark.slow  # builds the bank two or three times
 def test_deterministic_from_seed_and_keyed_by_config(tmp_path):
     a = build_bank(BankConfig(**SMALL), cache=tmp_path / "a", progress=False)
     b = build_bank(BankConfig(**SMALL), cache=tmp_path / "b", progress=False)
@@ -27,6 +29,7 @@ def test_deterministic_from_seed_and_keyed_by_config(tmp_path):
     assert not torch.equal(a.cameras.azimuth, c.cameras.azimuth)
 
 
+@pytest.mark.slow  # builds the bank two or three times
 def test_damaged_cache_is_rebuilt(tmp_path):
     bank = build_bank(BankConfig(**SMALL), cache=tmp_path, progress=False)
     bank.path.write_bytes(b"not a torch file")
@@ -44,5 +47,5 @@ def test_bank_images_are_the_renders_at_the_bank_cameras(tmp_path):
     cam = bank.cameras[1]
     pair_index = bank.pair.shapes.index(("cube", "torus"))
     img = bank.images(2, 1, pair_index, ["red", "blue"])
-    ref = render(parse_prompt("a red cube and a blue torus"), cam, 32, 32, supersample=1)[0]
+    ref = render(parse_prompt("a red cube and a blue torus"), cam, 16, 16, supersample=1)[0]
     assert torch.allclose(img, ref, atol=2e-3)  # float16 storage

@@ -7,7 +7,7 @@ from dreamdpo.toyworld.compare import METHODS, run_comparison, table
 
 
 def test_build_bank_command_builds_then_loads(tmp_path, capsys):
-    args = ["toyworld", "build-bank", "--cameras", "2", "--cache", str(tmp_path)]
+    args = ["toyworld", "build-bank", "--cameras", "1", "--cache", str(tmp_path)]
     assert main(args) == 0
     assert "built in" in capsys.readouterr().out
     assert main(args) == 0
