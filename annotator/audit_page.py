@@ -1,75 +1,15 @@
 """Audit page: judge–human agreement, inter-annotator agreement, position bias, τ calibration,
 annotator flags and a Bradley–Terry ranking, filtered by run, judge, annotator and date.
 
-`audit_data` loads and computes everything the page shows without Streamlit, so `dreamdpo stats`
-prints the same numbers and the bench times exactly what the page waits for.
+db/audit.py computes everything the page shows without Streamlit, so `dreamdpo stats` prints the
+same numbers and the bench times exactly what the page waits for.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import pandas as pd
 
 from db import stats
-
-
-@dataclass(frozen=True)
-class AuditFilters:
-    run_id: int | None = None
-    judge: str | None = None
-    annotator: str | None = None
-    since: str | None = None
-    until: str | None = None
-    target_agreement: float = 0.9
-    n_boot: int = 200
-
-
-@dataclass
-class AuditData:
-    votes: pd.DataFrame
-    summary: stats.AuditSummary
-    ranking: pd.DataFrame          # Bradley–Terry over candidates (run/seed), human consensus
-
-
-def load_votes(engine, filters: AuditFilters, everything: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The filtered votes; `everything` (the whole votes frame, if already read) saves a second read."""
-    from db.export import _parse_since
-    from db.read import votes_frame
-
-    for when in (filters.since, filters.until):  # a date that is not one: the export's one-line error
-        _parse_since(None if when is None else str(when))
-    frame = votes_frame(engine, run_id=filters.run_id) if everything is None else everything
-    return stats.filter_votes(frame, run_id=filters.run_id, judge=filters.judge, annotator=filters.annotator,
-                              since=filters.since, until=filters.until)
-
-
-def candidate_comparisons(engine, frame: pd.DataFrame) -> pd.DataFrame:
-    """Human-consensus comparisons between candidates, named run<id>/seed<seed>, for Bradley–Terry."""
-    from db.read import pairs_frame
-
-    labels = stats.majority_vote(frame)
-    if labels.empty:
-        return pd.DataFrame(columns=["item_a", "item_b", "winner"])
-    pairs = pairs_frame(engine)
-    pairs = pairs.set_index("pair_id" if "pair_id" in pairs else "id")
-    if not {"seed_a", "seed_b"} <= set(pairs.columns):
-        return pd.DataFrame(columns=["item_a", "item_b", "winner"])
-    p = pairs.reindex(labels.index)
-    ok = p["seed_a"].notna() & p["seed_b"].notna() & labels.isin(["a", "b", "tie"]).to_numpy()
-    p, labels = p[ok], labels[ok.to_numpy()]
-    name = lambda run, seed: f"run{int(run)}/seed{int(seed)}"  # noqa: E731
-    return pd.DataFrame({"item_a": [name(r, s) for r, s in zip(p["run_id"], p["seed_a"])],
-                         "item_b": [name(r, s) for r, s in zip(p["run_id"], p["seed_b"])],
-                         "winner": labels.to_numpy()})
-
-
-def audit_data(engine, filters: AuditFilters = AuditFilters(), everything: pd.DataFrame | None = None) -> AuditData:
-    """Everything the Audit page shows: one read of the votes, then pure statistics."""
-    frame = load_votes(engine, filters, everything)
-    summary = stats.audit_summary(frame, filters.target_agreement, n_boot=filters.n_boot)
-    comps = candidate_comparisons(engine, frame)
-    ranking = stats.bradley_terry_ci(comps, n_boot=min(filters.n_boot, 100)) if len(comps) else pd.DataFrame()
-    return AuditData(frame, summary, ranking)
+from db.audit import AuditFilters, audit_data
 
 
 def render(engine, user: dict) -> None:

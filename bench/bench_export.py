@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, __file__, "--comparisons", str(args.comparisons), "--workdir", str(work),
                         "--build-only"], check=True)
 
-    from annotator.audit_page import AuditFilters, audit_data
+    from db.audit import AuditFilters, audit_data
     from db import export
     from db.engine import connect
 

@@ -15,3 +15,7 @@ class LogGone(LogError):
 
 class AccountInactive(LogError):
     """The account was deactivated: it may not claim, vote, undo or skip."""
+
+
+class RunCancelled(LogError):
+    """The run was cancelled: it takes no new pairs (a waiting judge then skips the step)."""

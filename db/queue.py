@@ -30,7 +30,8 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from db.errors import AccountInactive, LogError
+from db.consensus import outcome
+from db.errors import AccountInactive, LogError, RunCancelled
 from db.models import (CHOICES, PAIR_KINDS, RUN_STATUSES, Annotator, Claim, Decision, Image, Pair, Run, UTCDateTime,
                        Vote, utcnow)
 
@@ -54,6 +55,12 @@ def put_image(session: Session, png: bytes) -> str:
     session.execute(insert(Image).values(id=digest, png=png, width=width, height=height)
                     .on_conflict_do_nothing(index_elements=["id"]))
     return digest
+
+
+def save_image(engine, png: bytes) -> str:
+    """Store one PNG (previews, turntables) in its own transaction; returns its id."""
+    with Session(engine) as s, s.begin():
+        return put_image(s, png)
 
 
 def get_image(engine, image_id: str) -> bytes | None:
@@ -173,7 +180,7 @@ def _insert_pair(s: Session, run_id, step, image_a, image_b, *, render_image=Non
     if run is None:
         raise LogError(f"run {run_id} does not exist; create it first")
     if run.status == "cancelled" and status == "pending":
-        raise LogError(f"run {run_id} was cancelled; it takes no new pairs")
+        raise RunCancelled(f"run {run_id} was cancelled; it takes no new pairs")
     if deadline is not None and deadline.tzinfo is None:
         deadline = deadline.replace(tzinfo=timezone.utc)
     pair = Pair(run_id=run_id, step=int(step), view=int(view), t=_int(t), t_b=_int(t_b), seed_a=_int(seed_a),
@@ -443,19 +450,7 @@ def record_model_comparison(engine, run_id: int, step: int, image_a: bytes, imag
 
 
 # ----------------------------------------------------------------------------- decisions
-def outcome(counts: dict[str, int]) -> tuple[str, str, float]:
-    """(winner, rule, gap) from vote counts over a, b, tie, both_bad (the rule in the module doc)."""
-    n = sum(counts.values())
-    top = max(counts.values())
-    leaders = [k for k, v in counts.items() if v == top]
-    gap = abs(counts["a"] - counts["b"]) / n if n else 0.0
-    if len(leaders) > 1:
-        return "tie", "split", gap
-    lead = leaders[0]
-    rule = "unanimous" if top == n else "majority"
-    if lead == "both_bad":
-        return "tie", "both_bad", gap
-    return lead, rule, gap
+
 
 
 def _decide(s: Session, pair: Pair, now: datetime) -> dict | None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from db import consensus
 from scipy import stats as sps
 
 OPINIONS = ("a", "b", "tie", "both_bad")
@@ -104,7 +106,8 @@ def judge_votes(frame: pd.DataFrame, judge: str | None = None) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- crowd aggregation
 def majority_vote(frame: pd.DataFrame) -> pd.Series:
-    """Human consensus per canonical pair: the most frequent label; a count tie between labels → "tie".
+    """Human consensus per canonical pair, by the log's one rule (db/consensus.py): the most frequent
+    label; a count tie between labels → "tie".
 
     Index: item (canonical pair id); values in a|b|tie|both_bad.
     """
@@ -112,10 +115,8 @@ def majority_vote(frame: pd.DataFrame) -> pd.Series:
     if votes.empty:
         return pd.Series(dtype=object, name="label")
     counts = votes.groupby(["item", "label"]).size().unstack(fill_value=0)
-    top = counts.max(axis=1)
-    n_top = counts.eq(top, axis=0).sum(axis=1)
-    winner = counts.idxmax(axis=1).where(n_top == 1, "tie")
-    winner.name = "label"
+    counts = counts.reindex(columns=["a", "b", "tie", "both_bad"], fill_value=0)
+    winner = pd.Series([consensus.label(row) for row in counts.to_dict("records")], index=counts.index, name="label")
     return winner
 
 

@@ -21,16 +21,17 @@ import yaml
 from tqdm import tqdm
 
 from dreamdpo import losses
-from dreamdpo.images import pixel_distance
 from dreamdpo.cameras import Cameras, orbit_cameras, random_cameras
 from dreamdpo.config import RunConfig
 from dreamdpo.errors import UserError
 from dreamdpo.field import EnvMapBackground, NeRFField, SolidBackground
+from dreamdpo.images import pixel_distance
 from dreamdpo.judges.base import Judge, JudgeContext, Judgement
 from dreamdpo.priors.base import DiffusionPrior
 from dreamdpo.recording import Recorder
 from dreamdpo.render import Renderer
 from dreamdpo.seeding import Stream, generator, step_seed
+
 
 @dataclass
 class RunResult:
@@ -296,7 +297,8 @@ def folder_lock(out_dir: Path):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"another dreamdpo run is writing to {out_dir}; wait for it to end or pass another --out") from None
+            raise UserError(f"another dreamdpo run is writing to {out_dir}; "
+                            "wait for it to end or pass another --out") from None
         try:
             yield
         finally:
@@ -328,84 +330,24 @@ def _optimize(cfg: RunConfig, prior: DiffusionPrior, judge: Judge | None, record
     metrics: list[dict] = []
     csv_file, writer = open_metrics(out_dir / "metrics.csv", start)
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="dreamdpo", unit="step")
+    scene = Scene(prior, judge, renderer, optimizer, cond, camera_cfg, B, V, device)
     status, step = "finished", start
     last_control = 0.0
     try:
         for step in range(start, cfg.steps):
             if time.monotonic() - last_control > 0.5:  # an admin may pause or cancel from the app
-                state = recorder.control()
-                while state == "paused":
-                    time.sleep(0.5)
-                    state = recorder.control()
-                last_control = time.monotonic()
-                if state == "cancelled":
+                if wait_while_paused(recorder) == "cancelled":
                     status = "cancelled"
                     break
-
-            tick = _Timer(device)
-            renderer.train()
-            renderer.update_occupancy(step, seed=cfg.seed)
-            # 1. cameras and render
-            cams = random_cameras(camera_cfg, B // V, generator(cfg.seed, step, Stream.CAMERAS)).to(device)
-            res = resolution_at(cfg, step)
-            w_orient = losses.orientation_weight(
-                step, ramp=cfg.schedule.orientation_ramp, weights=cfg.schedule.orientation_weights)
-            out = renderer(cams, res, res, generator=generator(cfg.seed, step, Stream.BACKGROUND),
-                           need_normals=w_orient > 0)  # normals cost a double backward: only when used
-            z = prior.encode(out.rgb)
-            tick("render")
-            # 2. the pair: one t, two noises, one batched prior call
-            c = make_candidates(prior, z, cams, cond, cfg, step, two=judge is not None)
-            tick("prior")
-            # 3. the judge, per camera group
-            verdicts: list[Judgement | None] = [None] * (B // V)
-            if judge is not None:
-                for g in range(B // V):
-                    sl = slice(g * V, (g + 1) * V)
-                    ctx = JudgeContext(
-                        step=step, t=(int(c.t[0, 0]), int(c.t[1, 0])), seeds=c.seeds, distance=c.distance[g],
-                        cameras=cams[sl].as_dicts(), render=out.rgb[sl].detach(), run_id=recorder.run_id,
-                    )
-                    if c.distance[g] < cfg.dpo.min_distance:
-                        verdicts[g] = indistinct(c.distance[g])
-                    else:
-                        verdicts[g] = judge.compare(c.images[0, sl], c.images[1, sl], cfg.prompt, ctx)
-                    recorder.record(verdicts[g], c.images[0, sl], c.images[1, sl], ctx)
-            tick("judge")
-            # 4. gradient injected into z, regularisers, AdamW step
-            grad = injected_gradient(prior, z, c, verdicts, cfg)
-            loss = losses.surrogate_loss(z.float(), grad)
-            loss = loss + w_orient * out.orientation
-            if cfg.schedule.sparsity_weight:
-                loss = loss + cfg.schedule.sparsity_weight * losses.sparsity_loss(out.opacity)
-            skipped = judge is not None and all(v.skip for v in verdicts)
-            optimizer.zero_grad(set_to_none=True)
-            if not skipped:
-                loss.backward()
-                optimizer.step()
-            tick("backward")
-
-            row = {
-                "step": step, "loss": float(loss.detach()), "grad_norm": float(grad.norm()),
-                "t_a": int(c.t[0, 0]), "t_b": int(c.t[1, 0]), "resolution": res,
-                "opacity": float(out.opacity_mean.detach()), **tick.times,
-            }
-            if judge is not None:  # every camera group's verdict: 'a/b/tie' strings, mean gap and push
-                vs = [v for v in verdicts if v is not None]
-                row.update(winner="/".join(v.winner for v in vs), gap=sum(v.gap for v in vs) / len(vs),
-                           skip=sum(v.skip for v in vs),
-                           push=sum(losses.push_fraction(v.winner, v.gap, v.skip, cfg.dpo) for v in vs) / len(vs),
-                           source="/".join(dict.fromkeys(v.extra.get("source", v.judge) for v in vs)),
-                           distance=min(c.distance), draws=c.draws)
-                learned = vs[0].extra  # a judge that learns from people reports how far it got
-                if learned.get("learned_from") is not None:
-                    row.update(votes=learned["learned_from"], agreement=learned.get("agreement"))
+                last_control = time.monotonic()
+            row, judged, render = train_step(cfg, scene, step, recorder.run_id)
+            for verdict, images_a, images_b, ctx in judged:
+                recorder.record(verdict, images_a, images_b, ctx)
             metrics.append(row)
             writer.writerow(row)
             csv_file.flush()  # a crash keeps every finished step's row
-            preview = out.rgb.detach() if (step + 1) % cfg.preview_every == 0 else None
-            recorder.progress(step, {k: row[k] for k in ("loss", "gap", "winner", "source", "judge_ms", "votes",
-                                                         "agreement") if k in row}, preview)
+            preview = render if (step + 1) % cfg.preview_every == 0 else None
+            recorder.progress(step, {k: row[k] for k in PROGRESS_KEYS if k in row}, preview)
             bar.set_postfix({k: (f"{row[k]:.3g}" if isinstance(row[k], float) else row[k])
                              for k in ("loss", "gap", "judge_ms") if k in row})
             bar.update(1)
@@ -431,6 +373,96 @@ def _optimize(cfg: RunConfig, prior: DiffusionPrior, judge: Judge | None, record
         result.outputs, result.test_views, result.test_cameras = export_outputs(cfg, renderer, nerf, out_dir)
     recorder.finish(status, result.outputs)
     return result
+
+
+PROGRESS_KEYS = ("loss", "gap", "winner", "source", "judge_ms", "votes", "agreement")  # what the Runs page plots
+
+
+@dataclass
+class Scene:
+    """What a step works on: the prior, the judge, the renderer (field + background), the optimizer."""
+
+    prior: DiffusionPrior
+    judge: Judge | None
+    renderer: Renderer
+    optimizer: torch.optim.Optimizer
+    cond: object  # the prior's encoded prompt
+    camera_cfg: object
+    B: int  # renders per step
+    V: int  # views per camera group
+    device: torch.device
+
+
+def train_step(cfg: RunConfig, sc: Scene, step: int, run_id: int | None):
+    """One DreamDPO step (docs/method.md, "The step"): cameras → render → the pair → the verdicts →
+    the injected gradient → AdamW. Returns the metrics row, the judged pairs for the log
+    (verdict, images a, images b, context) and the render. No I/O here beyond what a judge does."""
+    tick = _Timer(sc.device)
+    sc.renderer.train()
+    sc.renderer.update_occupancy(step, seed=cfg.seed)
+    # 1. cameras and render
+    cams = random_cameras(sc.camera_cfg, sc.B // sc.V, generator(cfg.seed, step, Stream.CAMERAS)).to(sc.device)
+    res = resolution_at(cfg, step)
+    w_orient = losses.orientation_weight(step, ramp=cfg.schedule.orientation_ramp,
+                                         weights=cfg.schedule.orientation_weights)
+    out = sc.renderer(cams, res, res, generator=generator(cfg.seed, step, Stream.BACKGROUND),
+                      need_normals=w_orient > 0)  # normals cost a double backward: only when used
+    z = sc.prior.encode(out.rgb)
+    tick("render")
+    # 2. the pair: one t, two noises, one batched prior call (drawn again while indistinct)
+    c = make_candidates(sc.prior, z, cams, sc.cond, cfg, step, two=sc.judge is not None)
+    tick("prior")
+    # 3. the verdicts, per camera group (None: SDS)
+    verdicts: list[Judgement | None] = [None] * (sc.B // sc.V)
+    judged = []
+    if sc.judge is not None:
+        for g in range(sc.B // sc.V):
+            sl = slice(g * sc.V, (g + 1) * sc.V)
+            ctx = JudgeContext(step=step, t=(int(c.t[0, 0]), int(c.t[1, 0])), seeds=c.seeds, distance=c.distance[g],
+                               cameras=cams[sl].as_dicts(), render=out.rgb[sl].detach(), run_id=run_id)
+            if c.distance[g] < cfg.dpo.min_distance:
+                verdicts[g] = indistinct(c.distance[g])
+            else:
+                verdicts[g] = sc.judge.compare(c.images[0, sl], c.images[1, sl], cfg.prompt, ctx)
+            judged.append((verdicts[g], c.images[0, sl], c.images[1, sl], ctx))
+    tick("judge")
+    # 4. the gradient injected into z, regularisers, AdamW (a step every group skipped changes nothing)
+    grad = injected_gradient(sc.prior, z, c, verdicts, cfg)
+    loss = losses.surrogate_loss(z.float(), grad) + w_orient * out.orientation
+    if cfg.schedule.sparsity_weight:
+        loss = loss + cfg.schedule.sparsity_weight * losses.sparsity_loss(out.opacity)
+    sc.optimizer.zero_grad(set_to_none=True)
+    if not (sc.judge is not None and all(v.skip for v in verdicts)):
+        loss.backward()
+        sc.optimizer.step()
+    tick("backward")
+    row = {"step": step, "loss": float(loss.detach()), "grad_norm": float(grad.norm()), "t_a": int(c.t[0, 0]),
+           "t_b": int(c.t[1, 0]), "resolution": res, "opacity": float(out.opacity_mean.detach()), **tick.times}
+    if sc.judge is not None:
+        row.update(verdict_columns([v for v in verdicts if v is not None], c, cfg))
+    return row, judged, out.rgb.detach()
+
+
+def verdict_columns(vs: list[Judgement], c: Candidates, cfg: RunConfig) -> dict:
+    """Every camera group's verdict in one metrics row: 'a/b/tie' strings, mean gap and push."""
+    row = dict(winner="/".join(v.winner for v in vs), gap=sum(v.gap for v in vs) / len(vs),
+               skip=sum(v.skip for v in vs),
+               push=sum(losses.push_fraction(v.winner, v.gap, v.skip, cfg.dpo) for v in vs) / len(vs),
+               source="/".join(dict.fromkeys(v.extra.get("source", v.judge) for v in vs)),
+               distance=min(c.distance), draws=c.draws)
+    learned = vs[0].extra  # a judge that learns from people reports how far it got
+    if learned.get("learned_from") is not None:
+        row.update(votes=learned["learned_from"], agreement=learned.get("agreement"))
+    return row
+
+
+def wait_while_paused(recorder: Recorder) -> str:
+    """An admin may pause or cancel a run from the app: 'running' or 'cancelled' once not paused."""
+    state = recorder.control()
+    while state == "paused":
+        time.sleep(0.5)
+        state = recorder.control()
+    return state
 
 
 def export_outputs(cfg: RunConfig, renderer: Renderer, nerf: NeRFField, out_dir: Path):

@@ -135,8 +135,6 @@ class DbRecorder(Recorder):
         return self._retry(lambda: self._progress(step, metrics, preview))
 
     def _progress(self, step, metrics, preview=None):
-        from sqlalchemy.orm import Session
-
         from db import queue
 
         if not self._history or self._history[-1]["step"] != step:  # a retried call adds no second point
@@ -144,9 +142,8 @@ class DbRecorder(Recorder):
         if len(self._history) > HISTORY_LIMIT:  # keep every other old point: bounded row size
             self._history = self._history[: HISTORY_LIMIT // 2 : 2] + self._history[HISTORY_LIMIT // 2 :]
         if preview is not None:
-            with Session(self.engine) as s, s.begin():
-                self._extra["preview"] = queue.put_image(s, views_png(preview))
-                self._extra.setdefault("first_preview", self._extra["preview"])  # what the run started from
+            self._extra["preview"] = queue.save_image(self.engine, views_png(preview))
+            self._extra.setdefault("first_preview", self._extra["preview"])  # what the run started from
         queue.set_run_status(self.engine, self.run_id, None, step=step,
                              metrics={"history": self._history, **self._extra})
 
@@ -164,13 +161,10 @@ class DbRecorder(Recorder):
         return self._retry(lambda: self._finish(status, outputs))
 
     def _finish(self, status, outputs=None):
-        from sqlalchemy.orm import Session
-
         from db import queue
 
         if outputs and outputs.get("contact_sheet_png"):
-            with Session(self.engine) as s, s.begin():
-                self._extra["turntable"] = queue.put_image(s, outputs["contact_sheet_png"])
+            self._extra["turntable"] = queue.save_image(self.engine, outputs["contact_sheet_png"])
         if outputs:
             self._extra["outputs"] = {k: v for k, v in outputs.items() if isinstance(v, str)}
         queue.set_run_status(self.engine, self.run_id, status,

@@ -61,7 +61,7 @@ def test_export_cli_filters_and_bad_input(log, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_stats_cli_prints_the_page_numbers(log, capsys):
-    from annotator.audit_page import AuditFilters, audit_data
+    from db.audit import AuditFilters, audit_data
     from dreamdpo.commands.audit import format_audit
 
     url, engine = log

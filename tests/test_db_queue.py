@@ -369,7 +369,7 @@ def test_frames_have_the_documented_columns(engine, run):
 
 def test_post_pair_rejects_bad_arguments_and_writes_nothing(engine, run):
     for kw, match in [({"kind": "weird"}, "kind"), ({"votes_needed": 0}, "votes_needed"),
-                      ({"gold_answer": "left"}, "gold answer"), ({"status": "expired"}, "pending or decided")]:
+                      ({"gold_answer": "left"}, "gold answer"), ({"status": "expired"}, "pending, decided or indistinct")]:
         with pytest.raises(LogError, match=match):
             post(engine, run, 1, **kw)
     with pytest.raises(LogError, match="does not exist"):

@@ -204,10 +204,24 @@ def test_audit_sampling_rate_is_seeded_per_step(log):
 def test_a_cancelled_run_stops_the_wait(log):
     engine, run_id = log
     judge = HumanJudge(engine, HumanPolicy(timeout_s=600, fallback="pull"))  # only the cancel ends this wait
-    threading.Timer(0.3, queue.cancel_run, args=(engine, run_id)).start()
+
+    def cancel_once_posted():
+        while not queue.list_runs(engine) or _pairs(engine) == 0:
+            time.sleep(0.05)
+        queue.cancel_run(engine, run_id)
+
+    threading.Thread(target=cancel_once_posted, daemon=True).start()
     j = judge.compare(*images(7), "p", ctx(run_id))
     assert j.skip and j.extra["source"] == "cancelled"
     assert pair_row(engine, j.pair_id)["status"] == "cancelled"
+    # cancelled before the next step posts anything: a skip, not a crash
+    later = judge.compare(*images(8), "p", ctx(run_id, step=1))
+    assert later.skip and later.extra["source"] == "cancelled"
+
+
+def _pairs(engine) -> int:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql("SELECT count(*) FROM pairs").scalar()
 
 
 @pytest.mark.parametrize("policy,model,message", [

@@ -46,7 +46,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from annotator.audit_page import AuditFilters, audit_data
+    from db.audit import AuditFilters, audit_data
     from db.engine import connect
 
     data = audit_data(connect(args.db), AuditFilters(run_id=args.run, judge=args.judge, annotator=args.annotator,

@@ -156,6 +156,14 @@ class HumanJudge(Judge):
         return retry(lambda: self._compare(images_a, images_b, prompt, context), timeout_s=self.outage_s)
 
     def _compare(self, images_a: Tensor, images_b: Tensor, prompt: str, context: JudgeContext | None) -> Judgement:
+        from db.errors import RunCancelled
+
+        try:
+            return self._judge(images_a, images_b, prompt, context)
+        except RunCancelled:  # cancelled between the last control check and this post: the loop stops next
+            return Judgement(winner="tie", gap=0.0, judge="cancelled", skip=True, extra={"source": "cancelled"})
+
+    def _judge(self, images_a: Tensor, images_b: Tensor, prompt: str, context: JudgeContext | None) -> Judgement:
         ctx = context or JudgeContext()
         if ctx.run_id is None:
             raise UserError("the human judge needs a run in the preference log (JudgeContext.run_id)")
