@@ -96,7 +96,7 @@ def retry_when_back(url: str | None) -> None:
     st.session_state["retry_armed"] = True
     try:
         ping(log_engine(url))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (a lasting failure, e.g. LogGone, is shown by the rerun below)
         if is_transient(e):
             return
     st.session_state.pop("retry_armed", None)
@@ -128,7 +128,7 @@ def main() -> None:
         user = login(engine)
         if user is not None:
             show(engine, user)
-    except Exception as e:
+    except Exception as e:  # anything not a log failure is raised again
         if not guard.show_failure(e):
             raise
         if is_transient(e):

@@ -64,7 +64,7 @@ def world(tmp_path):
     con.execute("UPDATE alembic_version SET version_num = 'ffff'")
     con.commit()
     con.close()
-    return dict(url=url, engine=engine, files=files, tmp=tmp_path)
+    return {"url": url, "engine": engine, "files": files, "tmp": tmp_path}
 
 
 def log_rows(engine) -> list:
@@ -149,7 +149,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(world, capsys, argv, p
                                           (["annotators", "list", "--db", "/dev/null/x"], "not a folder")])
 def test_the_real_entry_point_prints_one_line(argv, phrase):
     r = subprocess.run([sys.executable, "-m", "dreamdpo.cli", *argv], capture_output=True, text=True, cwd=ROOT,
-                       timeout=300)
+                       timeout=300, check=False)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and phrase in r.stderr, r.stderr
 
 

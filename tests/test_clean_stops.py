@@ -79,7 +79,7 @@ def children(pid: int) -> list[int]:
 
 
 def start(args: list[str], tmp_path: Path, env: dict | None = None) -> subprocess.Popen:
-    log = open(tmp_path / f"dreamdpo-{len(list(tmp_path.glob('dreamdpo-*')))}.log", "wb")
+    log = open(tmp_path / f"dreamdpo-{len(list(tmp_path.glob('dreamdpo-*')))}.log", "wb")  # noqa: SIM115 (the child writes it)
     return subprocess.Popen([sys.executable, "-m", "dreamdpo.cli", *args], cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 

@@ -52,7 +52,7 @@ def test_retry_raises_at_once_what_retrying_cannot_fix():
                   ValueError("bug")):
         calls = []
 
-        def fail(error=error):
+        def fail(error=error, calls=calls):
             calls.append(1)
             raise error
 
@@ -88,7 +88,7 @@ def sqlite_log(tmp_path):
     me = accounts.authenticate(engine, token)["id"]
     run_id = queue.create_run(engine, "a red cube", status="running")
     pair = queue.post_pair(engine, run_id, 0, png(1), png(2))
-    yield dict(path=path, url=url, engine=engine, token=token, me=me, pair=pair)
+    yield {"path": path, "url": url, "engine": engine, "token": token, "me": me, "pair": pair}
     db_engine._ENGINES.pop(url, None)
     engine.dispose()
 
