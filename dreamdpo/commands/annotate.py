@@ -96,7 +96,7 @@ def _die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # not Linux: stop_app and the signal handler still stop it
+    except Exception:  # noqa: BLE001, S110 (not Linux: stop_app and the signal handler still stop it)
         pass
 
 
@@ -111,7 +111,7 @@ def start_app(db_url: str, port: int, host: str = "127.0.0.1", env: dict | None 
            "--client.showErrorDetails", "none"]  # an unforeseen error is a message, never a traceback
     out = subprocess.DEVNULL if quiet else None
     return subprocess.Popen(cmd, env=child_env, stdout=out, stderr=out, start_new_session=True,
-                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)  # noqa: PLW1509
 
 
 def wait_ready(proc: subprocess.Popen, port: int, host: str = "127.0.0.1", timeout: float = 60.0) -> None:
