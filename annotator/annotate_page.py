@@ -183,7 +183,8 @@ def preparation() -> tuple[int, int] | None:
     if not path:
         return None
     try:
-        done, total = open(path).read().split()
+        with open(path) as f:
+            done, total = f.read().split()
         return int(done), int(total)
     except (OSError, ValueError):
         return None

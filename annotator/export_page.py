@@ -48,8 +48,8 @@ def render(engine, user: dict) -> None:
                 return
             # kept in the session: a download reruns nothing (on_click="ignore"), and a rerun for any
             # other reason still shows every download of the last export
-            st.session_state["export_built"] = dict(fmt=fmt, counts=manifest["counts"], zip=export.zip_export(out),
-                                                    manifest=(out / "manifest.json").read_bytes())
+            st.session_state["export_built"] = {"fmt": fmt, "counts": manifest["counts"], "zip": export.zip_export(out),
+                                                "manifest": (out / "manifest.json").read_bytes()}
     built = st.session_state.get("export_built")
     if built is None:
         st.caption("Nothing built yet: choose the format and filters, then Build export.")

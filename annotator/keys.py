@@ -30,7 +30,7 @@ export default function (component) {
   S.flush = () => {
     if (!S.queue.length || !S.send || !imagesReady()) return;
     const head = S.queue[0];
-    if (S.inflight === head.seq && Date.now() - S.sentAt < %(resend)d) return;
+    if (S.inflight === head.seq && Date.now() - S.sentAt < RESEND_MS) return;
     S.inflight = head.seq; S.sentAt = Date.now();
     S.send('key', { seq: head.seq, action: head.action });
   };
@@ -50,7 +50,7 @@ export default function (component) {
   }
   S.flush();
 }
-""" % {"resend": RESEND_MS}
+""".replace("RESEND_MS", str(RESEND_MS))
 
 _component = st.components.v2.component("dreamdpo_keys", js=_JS)
 

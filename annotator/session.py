@@ -105,7 +105,7 @@ def end() -> None:
 def cookie() -> str | None:
     try:
         return st.context.cookies.get(COOKIE)
-    except Exception:  # no browser request behind this run (AppTest)
+    except Exception:  # noqa: BLE001 (no browser request behind this run, as in AppTest: no cookie)
         return None
 
 

@@ -117,7 +117,7 @@ def main() -> None:
             pids = [queue.post_pair(engine, run_id, 2000 + i, img(i), img(i + 9)) for i in range(args.n + 1)]
             next_pair = []
             wait_pair(page, pids[0])
-            for pid, nxt in zip(pids, pids[1:]):
+            for nxt in pids[1:]:
                 t0 = time.monotonic()
                 press(page, "left")
                 wait_pair(page, nxt)
@@ -188,7 +188,7 @@ def demo_first_pair(kind: str) -> float:
         threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # drain
         with sync_playwright() as p:
             browser = launch(p)
-            context, page = sign_in(browser, f"http://127.0.0.1:{port}", token, timeout_ms=1_800_000)
+            _context, page = sign_in(browser, f"http://127.0.0.1:{port}", token, timeout_ms=1_800_000)
             page.get_by_text(re.compile(r"^Prompt · pair \d+$")).wait_for(timeout=1_800_000)
             seconds = time.monotonic() - t0
             browser.close()

@@ -199,7 +199,7 @@ def test_skip_with_nobody_else_online_releases_the_pair_to_the_run_at_once(app, 
     try:
         wait_pair(page, pid)
         page.keyboard.press("s")
-        page.get_by_text(re.compile("nobody else is online")).wait_for()
+        page.get_by_text(re.compile(rf"^Last: Skipped pair {pid}: nobody else is online")).wait_for()
         with engine.connect() as c:
             assert c.execute(sa.select(Pair.status).where(Pair.id == pid)).scalar() == "expired"
         wait_empty(page)
