@@ -93,17 +93,18 @@ def create_run(engine, prompt: str, question: str | None = None, config: dict | 
 
 
 def get_run(engine, run_id: int) -> dict | None:
-    with Session(engine) as s, s.begin():
-        run = s.get(Run, run_id)
-        return None if run is None else _row(run)
+    """The run's row (a read: never waits for the write lock)."""
+    with _read(engine) as conn:
+        row = conn.execute(sa.select(Run.__table__).where(Run.id == run_id)).mappings().first()
+    return None if row is None else dict(row)
 
 
 def list_runs(engine, status: str | None = None) -> list[dict]:
-    with Session(engine) as s, s.begin():
-        stmt = sa.select(Run).order_by(Run.id)
-        if status is not None:
-            stmt = stmt.where(Run.status == status)
-        return [_row(r) for r in s.scalars(stmt)]
+    stmt = sa.select(Run.__table__).order_by(Run.id)
+    if status is not None:
+        stmt = stmt.where(Run.status == status)
+    with _read(engine) as conn:
+        return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
 def _check_status(status: str) -> None:

@@ -26,7 +26,7 @@ def test_fit_equals_sklearn_l2_logistic_regression():
         e.y = 1.0 - e.y
     m = PreferenceModel(dim=5, beta0=0.0, l2=2.0, l2_beta=2.0)
     m.add(ex)
-    X = np.stack([np.concatenate([[e.ds], e.df.numpy()]) for e in ex])
+    X = np.stack([np.concatenate([[e.ds], e.df.numpy() / m.scale.numpy()]) for e in ex])  # w is on standardised features
     y = np.array([e.y for e in ex])
     ref = LogisticRegression(C=1 / 2.0, fit_intercept=False, tol=1e-12, max_iter=10_000).fit(X, y)
     assert np.allclose(m.theta.numpy(), ref.coef_[0], atol=1e-6)

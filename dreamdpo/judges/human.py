@@ -61,7 +61,7 @@ class HumanPolicy:
     max_pairs: int = 30  # async: pairs posted to people per run, at most
     waiting_per_annotator: int = 2  # async: pairs kept waiting per annotator online (and with nobody online)
     ask_uncertainty: float = 0.5  # async: ask people when 1 − |2p − 1| ≥ this (p: the model's P(a ≻ b))
-    prior_weight: float = 10.0  # async: β₀, the weight of the assist judge's score gap before any vote
+    prior_weight: float = 1.0  # async: β₀, the weight of the assist judge's score gap before any vote
 
     def check(self, has_model_judge: bool) -> None:
         """One-line errors for settings that cannot work."""

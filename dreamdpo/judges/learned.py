@@ -10,7 +10,10 @@ ICLR 2025). The model is a Bradley–Terry head on the base judge:
 - f: the base judge's image features (the toy reward's image embedding; CLIP/BLIP embeddings for
   HPSv2/ImageReward), each candidate's mean over its views;
 - (β, w): the maximum a posteriori fit of a logistic regression on every decision people made in
-  this run, with a Gaussian prior centred on (β₀, 0). Newton's method in float64: a few ms for
+  this run, with a Gaussian prior centred on (β₀, 0). Feature differences are divided by their
+  per-dimension RMS over the training pairs first: candidates of one step differ little, and on
+  raw unit-norm embeddings the prior would keep w near 0 however consistent people are (measured:
+  leave-one-out agreement 0.52 raw, 0.72–0.80 standardised, 30 votes of a simulated person). Newton's method in float64: a few ms for
   hundreds of pairs, so it is refitted whenever a decision lands, on a CPU too.
 
 The prediction integrates over the Laplace posterior (MacKay's probit approximation), so a model
@@ -41,16 +44,21 @@ class Example:
 class PreferenceModel:
     dim: int
     beta0: float = 1.0  # weight of the base judge's score difference before any vote
-    l2: float = 1.0  # prior precision of w (in units of the data's log-likelihood)
+    l2: float = 10.0  # prior precision of w on standardised features (in units of the data's log-likelihood)
     l2_beta: float = 1.0  # prior precision of β around β₀
     examples: list[Example] = field(default_factory=list)
-    theta: Tensor = field(init=False)  # [1 + D]: β then w
+    theta: Tensor = field(init=False)  # [1 + D]: β then w (w on standardised features)
     cov: Tensor = field(init=False)  # posterior covariance (Laplace)
+    scale: Tensor = field(init=False)  # [D] per-dimension RMS of the training pairs' feature differences
 
     def __post_init__(self) -> None:
         self.theta = torch.zeros(1 + self.dim, dtype=torch.float64)
         self.theta[0] = self.beta0
         self.cov = self._prior_precision().inverse()
+        self.scale = torch.ones(self.dim, dtype=torch.float64)
+
+    def _x(self, df: Tensor, ds: float) -> Tensor:
+        return torch.cat([torch.tensor([ds], dtype=torch.float64), df.double() / self.scale])
 
     @property
     def pair_ids(self) -> set[int]:
@@ -75,8 +83,9 @@ class PreferenceModel:
         theta0[0] = self.beta0
         theta = self.theta.clone()
         if self.examples:
-            X = torch.stack([torch.cat([torch.tensor([e.ds], dtype=torch.float64), e.df.double()])
-                             for e in self.examples])
+            rms = torch.stack([e.df.double() for e in self.examples]).pow(2).mean(0).sqrt()
+            self.scale = rms.clamp(min=0.1 * float(rms.mean()) + 1e-12)
+            X = torch.stack([self._x(e.df, e.ds) for e in self.examples])
             y = torch.tensor([e.y for e in self.examples], dtype=torch.float64)
             for _ in range(iters):
                 p = torch.sigmoid(X @ theta)
@@ -94,7 +103,7 @@ class PreferenceModel:
 
     def predict(self, df: Tensor, ds: float) -> tuple[float, float]:
         """(P(a ≻ b) integrated over the posterior, posterior std of the logit)."""
-        x = torch.cat([torch.tensor([ds], dtype=torch.float64), df.double()])
+        x = self._x(df, ds)
         mu = float(x @ self.theta)
         var = float(x @ self.cov @ x)
         return 1.0 / (1.0 + math.exp(-mu / math.sqrt(1.0 + math.pi * var / 8.0))), math.sqrt(var)
@@ -117,13 +126,13 @@ class PreferenceModel:
     def state_dict(self) -> dict:
         return {"dim": self.dim, "beta0": self.beta0, "l2": self.l2, "l2_beta": self.l2_beta,
                 "examples": [(e.pair_id, e.df.clone(), e.ds, e.y) for e in self.examples],
-                "theta": self.theta.clone(), "cov": self.cov.clone()}
+                "theta": self.theta.clone(), "cov": self.cov.clone(), "scale": self.scale.clone()}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "PreferenceModel":
         m = cls(state["dim"], state["beta0"], state["l2"], state["l2_beta"])
         m.examples = [Example(pid, df, ds, y) for pid, df, ds, y in state["examples"]]
-        m.theta, m.cov = state["theta"].clone(), state["cov"].clone()
+        m.theta, m.cov, m.scale = state["theta"].clone(), state["cov"].clone(), state["scale"].clone()
         return m
 
 
