@@ -20,7 +20,7 @@ from dreamdpo.judges.reward import (
     CLIP_MEAN, CLIP_STD, HPSv2Scorer, ImageRewardScorer, RewardJudge, hps_preprocess, imagereward_preprocess,
     load_judge,
 )
-from tiny_models import write_clip_tokenizer
+from dreamdpo.priors.tiny import write_clip_tokenizer
 
 # ---------------------------------------------------------------- tiny checkpoints
 

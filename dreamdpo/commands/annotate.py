@@ -255,7 +255,7 @@ def demo_command(args) -> int:
                   f"turntable are on the Runs page. Start a new one with `dreamdpo demo --fresh`, or "
                   f"`dreamdpo demo --prompt \"another prompt\"`. Ctrl-C stops the app.", flush=True)
             return keep_open(proc)
-        print(f"{'resuming' if resume else 'starting'} run {recorder.run_id}: {cfg.prompt!r}, "
+        print(f"{f'resuming run {recorder.run_id}' if resume else 'starting a run'}: {cfg.prompt!r}, "
               f"{cfg.steps} steps; people judge every {cfg.human.every_k}th step (the toy reward after "
               f"{cfg.human.timeout_s:.0f} s without a vote, and on the other steps; "
               f"{cfg.human.audit_rate:.0%} of those are also shown to people for the Audit page)", flush=True)
