@@ -24,17 +24,16 @@ from __future__ import annotations
 import os
 import random
 import time
-from datetime import timedelta
 
 import sqlalchemy as sa
 import streamlit as st
 
 from annotator import guard, instructions, keys
 from annotator.views import grid_png
-from db import queue
+from db import feedback, queue
 from db.engine import is_transient
 from db.errors import AccountInactive, LogError
-from db.models import Claim, Decision, Image, Pair, Vote, utcnow
+from db.models import Decision, Image, Pair, Vote, utcnow
 
 POLL_S = float(os.environ.get("DREAMDPO_POLL_S", "0.5"))  # seconds between checks for a new pair
 LEASE_S = float(os.environ.get("DREAMDPO_LEASE_S", "120"))  # how long a shown pair stays yours
@@ -78,25 +77,6 @@ def _flash(kind: str, text: str) -> None:
     st.session_state["flash"] = (kind, text, time.monotonic() + FLASH_S)
 
 
-def others_online(engine, me: int) -> int:
-    """People other than `me` who claimed or voted in the last ONLINE_S seconds."""
-    since = utcnow() - timedelta(seconds=ONLINE_S)
-    claims = sa.select(Claim.annotator_id).where(Claim.claimed_at >= since, Claim.annotator_id != me)
-    votes = sa.select(Vote.annotator_id).where(Vote.annotator_id.is_not(None), Vote.annotator_id != me,
-                                               Vote.created_at >= since)
-    q = sa.select(sa.func.count(sa.distinct(sa.union(claims, votes).subquery().c.annotator_id)))
-    with engine.connect().execution_options(readonly=True) as conn:
-        return int(conn.execute(q).scalar() or 0)
-
-
-def expire_now(engine, pair_id: int) -> bool:
-    """A skipped live pair nobody else can take: expired at once (the run's fallback decides it)."""
-    with engine.begin() as conn:
-        done = conn.execute(sa.update(Pair).where(Pair.id == pair_id, Pair.status == "pending", Pair.kind == "live")
-                            .values(status="expired", deadline=utcnow()))
-    return bool(done.rowcount)
-
-
 def _vote(engine, user, button: str) -> None:
     ss = st.session_state
     pair = ss.get("pair")
@@ -109,7 +89,8 @@ def _vote(engine, user, button: str) -> None:
     try:
         if choice == "skip":
             queue.release(engine, pair["pair_id"], user["id"])
-            gone = pair.get("kind") == "live" and others_online(engine, user["id"]) == 0 and expire_now(engine, pair["pair_id"])
+            alone = feedback.annotators_online(engine, ONLINE_S, excluding=user["id"]) == 0
+            gone = pair.get("kind") == "live" and alone and queue.expire_pair(engine, pair["pair_id"])
             ss["ack"] = (f"Skipped pair {pair['pair_id']}: "
                          + ("nobody else is online, so the run decides it without people." if gone
                             else "it goes to the next person."))

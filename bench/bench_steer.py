@@ -35,13 +35,13 @@ METHODS = {
 
 
 def run_one(method: str, taste: str, seed: int, prompt: str, steps: int, think: float, work: Path) -> dict:
+    from annotator.simulated import annotate
     from db import accounts
     from db.engine import connect
     from dreamdpo.cameras import orbit_cameras
     from dreamdpo.images import images_from_png
     from dreamdpo.toyworld.evaluate import evaluate_views
     from dreamdpo.toyworld.taste import Taste
-    from annotator.simulated import annotate
 
     log = f"sqlite:///{work / f'{method}-{taste}-{seed}.sqlite'}"
     out = work / f"{method}-{taste}-{seed}"

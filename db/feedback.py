@@ -11,12 +11,15 @@ import sqlalchemy as sa
 from db.models import Claim, Decision, Image, Pair, Vote, utcnow
 from db.queue import _read
 
-LEARNABLE_RULES = ("unanimous", "majority", "split")  # people's decisions that say which is better (not both-bad)
+# people's decisions that say which candidate is better (a both-bad decision does not)
+LEARNABLE_RULES = ("unanimous", "majority", "split")
 
 
-def find_pair(engine, run_id: int, step: int, seed_a: int | None, seed_b: int | None, kind: str = "live") -> dict | None:
+def find_pair(engine, run_id: int, step: int, seed_a: int | None, seed_b: int | None,
+              kind: str = "live") -> dict | None:
     """The pair this run already posted for (step, member seeds, kind), with its decision if any."""
-    q = (sa.select(Pair.id.label("pair_id"), Pair.status, Pair.deadline, Decision.winner, Decision.gap, Decision.rule, Decision.n_a, Decision.n_b,
+    q = (sa.select(Pair.id.label("pair_id"), Pair.status, Pair.deadline, Decision.winner, Decision.gap,
+                   Decision.rule, Decision.n_a, Decision.n_b,
                    Decision.n_tie, Decision.n_both_bad)
          .outerjoin(Decision, Decision.pair_id == Pair.id)
          .where(Pair.run_id == run_id, Pair.step == step, Pair.kind == kind,
@@ -24,6 +27,12 @@ def find_pair(engine, run_id: int, step: int, seed_a: int | None, seed_b: int | 
     with _read(engine) as conn:
         row = conn.execute(q).mappings().first()
     return dict(row) if row is not None else None
+
+
+def pair_status(engine, pair_id: int) -> str | None:
+    """pending | decided | expired | cancelled | indistinct (None: no such pair)."""
+    with _read(engine) as conn:
+        return conn.execute(sa.select(Pair.status).where(Pair.id == pair_id)).scalar()
 
 
 def people_decisions(engine, run_id: int, exclude: set[int] = frozenset()) -> list[dict]:
@@ -62,11 +71,13 @@ def waiting_pairs(engine, run_id: int) -> int:
         return int(conn.execute(q).scalar() or 0)
 
 
-def annotators_online(engine, within_s: float = 60.0) -> int:
-    """People who claimed or voted in the last `within_s` seconds."""
+def annotators_online(engine, within_s: float = 60.0, excluding: int | None = None) -> int:
+    """People (other than `excluding`) who claimed or voted in the last `within_s` seconds."""
     since = utcnow() - timedelta(seconds=within_s)
     claims = sa.select(Claim.annotator_id).where(Claim.claimed_at >= since)
     votes = sa.select(Vote.annotator_id).where(Vote.annotator_id.is_not(None), Vote.created_at >= since)
+    if excluding is not None:
+        claims, votes = claims.where(Claim.annotator_id != excluding), votes.where(Vote.annotator_id != excluding)
     q = sa.select(sa.func.count(sa.distinct(sa.union(claims, votes).subquery().c.annotator_id)))
     with _read(engine) as conn:
         return int(conn.execute(q).scalar() or 0)

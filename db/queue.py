@@ -145,6 +145,14 @@ def expire_waiting(engine, run_id: int) -> int:
         return int(done.rowcount or 0)
 
 
+def expire_pair(engine, pair_id: int) -> bool:
+    """A skipped live pair nobody else can take: expired at once, so the waiting run falls back now."""
+    with Session(engine) as s, s.begin():
+        done = s.execute(sa.update(Pair).where(Pair.id == pair_id, Pair.status == "pending", Pair.kind == "live")
+                         .values(status="expired", deadline=utcnow()))
+        return bool(done.rowcount)
+
+
 def cancel_run(engine, run_id: int) -> None:
     """Status cancelled; its pending pairs are cancelled and votes on them refused from now on."""
     set_run_status(engine, run_id, "cancelled")

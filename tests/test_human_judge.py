@@ -219,6 +219,23 @@ def test_a_cancelled_run_stops_the_wait(log):
     assert later.skip and later.extra["source"] == "cancelled"
 
 
+def test_a_pair_expired_early_ends_the_wait_with_the_fallback(log):
+    """Skip with nobody else online expires the live pair at once (the app): the run must not wait out
+    its deadline. Were it to, this test would hang until pytest-timeout."""
+    engine, run_id = log
+    judge = HumanJudge(engine, HumanPolicy(timeout_s=3600, fallback="pull"))
+
+    def expire_once_posted():
+        while _pairs(engine) == 0:
+            time.sleep(0.05)
+        assert queue.expire_pair(engine, 1)
+
+    threading.Thread(target=expire_once_posted, daemon=True).start()
+    j = judge.compare(*images(9), "p", ctx(run_id))
+    assert j.judge == "fallback:pull" and not j.skip and j.extra["wait_s"] < 3600
+    assert pair_row(engine, j.pair_id)["status"] == "expired"
+
+
 def _pairs(engine) -> int:
     with engine.connect() as conn:
         return conn.exec_driver_sql("SELECT count(*) FROM pairs").scalar()

@@ -148,7 +148,8 @@ class HumanJudge(Judge):
         """Seeded per step, so a resumed run audits the same steps."""
         return self.policy.audit_rate > 0 and rng(self.seed, step, Stream.AUDIT).random() < self.policy.audit_rate
 
-    def compare(self, images_a: Tensor, images_b: Tensor, prompt: str, context: JudgeContext | None = None) -> Judgement:
+    def compare(self, images_a: Tensor, images_b: Tensor, prompt: str,
+                context: JudgeContext | None = None) -> Judgement:
         """Through a log outage of up to outage_s the step is retried with back-off; a retried step
         finds the pair it already posted (by step and seeds), so nothing is posted twice."""
         from db.engine import retry
@@ -300,17 +301,19 @@ class HumanJudge(Judge):
     def _wait(self, pair_id: int, run_id: int, timeout_s: float | None = None) -> tuple[dict | None, bool]:
         """The decision, or None at the deadline (the pair is then expired); (None, True) if the run
         was cancelled meanwhile."""
-        from db import queue
+        from db import feedback, queue
 
         was_cancelled = []
 
-        def cancelled() -> bool:
+        def stop_waiting() -> bool:
+            """The run was cancelled, or the pair expired early (skipped with nobody else online)."""
             if (queue.get_run(self.engine, run_id) or {}).get("status") == "cancelled":
                 was_cancelled.append(True)
-            return bool(was_cancelled)
+                return True
+            return feedback.pair_status(self.engine, pair_id) == "expired"
 
         timeout = self.policy.timeout_s if timeout_s is None else timeout_s
-        d = queue.wait_for_decision(self.engine, pair_id, timeout, cancelled=cancelled, check_every=CONTROL_POLL_S)
+        d = queue.wait_for_decision(self.engine, pair_id, timeout, cancelled=stop_waiting, check_every=CONTROL_POLL_S)
         return d, bool(was_cancelled)
 
     def _fallback(self, images_a, images_b, prompt: str, ctx: JudgeContext, pair_id: int) -> Judgement:

@@ -13,8 +13,9 @@ ICLR 2025). The model is a Bradley–Terry head on the base judge:
   this run, with a Gaussian prior centred on (β₀, 0). Feature differences are divided by their
   per-dimension RMS over the training pairs first: candidates of one step differ little, and on
   raw unit-norm embeddings the prior would keep w near 0 however consistent people are (measured:
-  leave-one-out agreement 0.52 raw, 0.72–0.80 standardised, 30 votes of a simulated person). Newton's method in float64: a few ms for
-  hundreds of pairs, so it is refitted whenever a decision lands, on a CPU too.
+  leave-one-out agreement 0.52 raw, 0.72–0.80 standardised, 30 votes of a simulated person).
+  Newton's method in float64 takes a few ms for hundreds of pairs, so the model is refitted
+  whenever a decision lands, on a CPU too.
 
 The prediction integrates over the Laplace posterior (MacKay's probit approximation), so a model
 that has seen few votes is unsure exactly where people have not told it anything yet: that is
@@ -129,7 +130,7 @@ class PreferenceModel:
                 "theta": self.theta.clone(), "cov": self.cov.clone(), "scale": self.scale.clone()}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "PreferenceModel":
+    def from_state_dict(cls, state: dict) -> PreferenceModel:
         m = cls(state["dim"], state["beta0"], state["l2"], state["l2_beta"])
         m.examples = [Example(pid, df, ds, y) for pid, df, ds, y in state["examples"]]
         m.theta, m.cov, m.scale = state["theta"].clone(), state["cov"].clone(), state["scale"].clone()
