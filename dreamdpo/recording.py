@@ -88,7 +88,7 @@ class DbRecorder(Recorder):
             )
         else:
             run = queue.get_run(self.engine, self.run_id)
-            if run is None or (run.get("fingerprint") or fingerprint) != fingerprint:
+            if run is None or run["prompt"] != prompt or run.get("fingerprint") not in (None, fingerprint):
                 what = "has no run" if run is None else f"holds another run (prompt {run['prompt'][:60]!r})"
                 raise UserError(f"the log {what} under id {self.run_id}; resume with the log and the prompt this "
                                 "run was started with (--db, --prompt), or start a new run with another --out")
