@@ -35,7 +35,8 @@ class DPOConfig:
     - min_distance: candidates whose 8-bit pixels differ by less than this on average (0–1) are
       indistinct: no judge and no person sees them, and they count as a tie (pull only).
     - redraws: an indistinct pair is drawn again with fresh noises at a higher t (up to the top of
-      the schedule), at most this many times, before it is left indistinct.
+      the schedule), at most this many times, before it is left indistinct. 0 by default: redraws
+      steer a taste harder but cost the toy cube its shape (docs/method.md, "Defaults and why").
     """
 
     tau: float = 0.001
@@ -44,7 +45,7 @@ class DPOConfig:
     push_uses_cfg: bool = False
     variant: Literal["noise", "timestep"] = "noise"
     min_distance: float = 0.005
-    redraws: int = 3
+    redraws: int = 0
 
     def __post_init__(self) -> None:
         if not self.tau >= 0:  # also rejects NaN
