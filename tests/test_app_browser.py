@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from annotator.browser import free_port, launch, wait_empty, wait_pair
+from annotator.browser import free_port, wait_empty, wait_pair
 from db import accounts, queue
 from db.engine import connect
 from db.models import Pair, Vote
@@ -61,15 +61,6 @@ def app(tmp_path):
     finally:
         stop_app(proc)
         engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 def open_page(browser, base: str, token: str):

@@ -236,15 +236,10 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_in_a_browser_the_page_comes_back_by_itself_after_an_outage(pg):
+def test_in_a_browser_the_page_comes_back_by_itself_after_an_outage(pg, browser):
     """No reload, no click: the annotate pane and a page opened while the log was down both recover."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian chromium at /usr/bin/chromium (make system-deps)")
-    pytest.importorskip("playwright")
     import re
     import socket
-
-    from playwright.sync_api import sync_playwright
 
     from dreamdpo.commands.annotate import start_app, stop_app, wait_ready
 
@@ -258,9 +253,10 @@ def test_in_a_browser_the_page_comes_back_by_itself_after_an_outage(pg):
     proc = start_app(url, port, env={"DREAMDPO_RETRY_S": "1"})
     try:
         wait_ready(proc, port, timeout=180)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-            page = browser.new_page()
+        # the session's Chromium (conftest: one Playwright per session); one context per person (cookies)
+        context, later = browser.new_context(), browser.new_context()
+        try:
+            page = context.new_page()
             page.goto(f"http://127.0.0.1:{port}", timeout=120_000)
             page.locator("input[type=password]").fill(token)
             page.get_by_role("button", name="Sign in").click()
@@ -269,7 +265,7 @@ def test_in_a_browser_the_page_comes_back_by_itself_after_an_outage(pg):
             pg_stop(pg)
             try:
                 page.get_by_text(UNREACHABLE).wait_for(timeout=120_000)
-                other = browser.new_page()  # someone signing in while the log is down
+                other = later.new_page()  # someone signing in while the log is down
                 other.goto(f"http://127.0.0.1:{port}", timeout=120_000)
                 other.locator("input[type=password]").fill(token)
                 other.get_by_role("button", name="Sign in").click()
@@ -280,6 +276,8 @@ def test_in_a_browser_the_page_comes_back_by_itself_after_an_outage(pg):
             page.get_by_text(UNREACHABLE).wait_for(state="detached", timeout=120_000)
             other.get_by_text(UNREACHABLE).wait_for(state="detached", timeout=120_000)  # the app reran by itself
             other.locator("input[type=password]").wait_for(timeout=120_000)  # to the sign-in form
-            browser.close()
+        finally:
+            context.close()
+            later.close()
     finally:
         stop_app(proc)

@@ -274,16 +274,6 @@ def served(tmp_path_factory):
         stop_app(proc)
 
 
-@pytest.fixture(scope="module")
-def browser(served):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield b
-        b.close()
-
-
 def open_signed_in(browser, url: str, token: str):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
