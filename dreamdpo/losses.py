@@ -37,6 +37,8 @@ class DPOConfig:
     - redraws: an indistinct pair is drawn again with fresh noises at a higher t (up to the top of
       the schedule), at most this many times, before it is left indistinct. 0 by default: redraws
       steer a taste harder but cost the toy cube its shape (docs/method.md, "Defaults and why").
+    - candidates: noises drawn per step (one batched prior call); the pair judged is the two candidates
+      that look most different (RewardSDS, arXiv 2503.09601, draws N and pushes best against worst).
     """
 
     tau: float = 0.001
@@ -46,6 +48,7 @@ class DPOConfig:
     variant: Literal["noise", "timestep"] = "noise"
     min_distance: float = 0.005
     redraws: int = 0
+    candidates: int = 2
 
     def __post_init__(self) -> None:
         if not self.tau >= 0:  # also rejects NaN
@@ -56,6 +59,9 @@ class DPOConfig:
             raise UserError(f"dpo.variant must be 'noise' or 'timestep', got {self.variant!r}")
         if not 0 <= self.min_distance < 1:
             raise UserError(f"dpo.min_distance must be in [0, 1) (mean pixel difference), got {self.min_distance}")
+        if self.candidates < 2:
+            raise UserError(f"dpo.candidates must be ≥ 2 (noises drawn per step; the judged pair is the two that "
+                            f"differ most), got {self.candidates}")
         if self.redraws < 0:
             raise UserError(f"dpo.redraws must be ≥ 0, got {self.redraws}")
 

@@ -173,13 +173,15 @@ class Candidates:
 def make_candidates(
     prior: DiffusionPrior, z: torch.Tensor, cams: Cameras, cond, cfg: RunConfig, step: int, two: bool
 ) -> Candidates:
-    """Noise the latent with two noises at one t (or, variant 'timestep', one noise at t1 ≠ t2) and run
-    ONE batched prior call for both members. With two=False (SDS) member b is a copy of a.
+    """Noise the latent with dpo.candidates noises at one t (or, variant 'timestep', one noise at t1 ≠ t2)
+    and run ONE batched prior call for all of them; with more than two, the pair kept is the two
+    candidates that look most different (the most informative pair for any judge, RewardSDS-style).
+    With two=False (SDS) member b is a copy of a.
 
     A pair whose candidates a person could not tell apart (any camera group closer than
     dpo.min_distance) is drawn again with fresh noises at a higher t, up to dpo.redraws times: at low t
-    the prior's posterior is so narrow that both noises give the same x̂0."""
-    B, T, V = z.shape[0], prior.num_train_timesteps, prior.n_views
+    the prior's posterior is so narrow that every noise gives the same x̂0."""
+    T = prior.num_train_timesteps
     timestep_variant = two and cfg.dpo.variant == "timestep"
     t_a, t_b = losses.sample_timesteps(
         step, T, t_start=cfg.schedule.t_start, t_end=cfg.schedule.t_end,
@@ -188,48 +190,59 @@ def make_candidates(
     )
     top = min(T - 1, int(T * max(cfg.schedule.t_start[1], cfg.schedule.t_end[1])))
     redraws = cfg.dpo.redraws if two else 0
+    n = cfg.dpo.candidates if two and not timestep_variant else (2 if two else 1)
     for k in range(redraws + 1):
         if k:  # climb towards the top of the schedule in equal steps
             lift = (top - min(t_a, t_b)) * k // redraws
             t_a, t_b = min(t_a + lift, top), min(t_b + lift, top)
-        seeds = (step_seed(cfg.seed, step, Stream.NOISE_A, k), step_seed(cfg.seed, step, Stream.NOISE_B, k))
-        c = _predict_pair(prior, z, cams, cond, cfg, (t_a, t_b), seeds, two, timestep_variant)
+        seeds = [step_seed(cfg.seed, step, Stream.NOISE_A, k), step_seed(cfg.seed, step, Stream.NOISE_B, k)]
+        seeds += [step_seed(cfg.seed, step, Stream.NOISE_MORE, k * 1024 + i) for i in range(2, n)]
+        c = _predict(prior, z, cams, cond, cfg, (t_a, t_b), seeds[:n], timestep_variant)
         if not two:
             return c
-        c.distance = [pixel_distance(c.images[0, g * V:(g + 1) * V], c.images[1, g * V:(g + 1) * V])
-                      for g in range(B // V)]
         c.draws = k + 1
         if min(c.distance) >= cfg.dpo.min_distance:
             break
     return c
 
 
-def _predict_pair(prior, z, cams, cond, cfg, ts: tuple[int, int], seeds: tuple[int, int], two: bool,
-                  one_noise: bool) -> Candidates:
-    B = z.shape[0]
-    t = torch.tensor([[ts[0]] * B, [ts[1] if two else ts[0]] * B], device=z.device)
-    n_a = torch.randn(z.shape, generator=torch.Generator().manual_seed(seeds[0])).to(z)
-    n_b = n_a if (one_noise or not two) else torch.randn(
-        z.shape, generator=torch.Generator().manual_seed(seeds[1])).to(z)
-    noise = torch.stack([n_a, n_b])
-    members = 2 if two else 1
+def _predict(prior, z, cams, cond, cfg, ts: tuple[int, int], seeds: list[int], one_noise: bool) -> Candidates:
+    """The prior's predictions for len(seeds) members (1: SDS; 2: the pair; more: the two most different
+    of them are kept), in one batched call."""
+    B, members = z.shape[0], len(seeds)
+    t = torch.tensor([[ts[0]] * B] + [[ts[1]] * B] * (members - 1), device=z.device)
+    noises = [torch.randn(z.shape, generator=torch.Generator().manual_seed(s)).to(z) for s in seeds]
+    if one_noise:
+        noises[1] = noises[0]
+    noise = torch.stack(noises)
     with torch.no_grad():
         zd = z.detach()
         z_t = torch.cat([prior.add_noise(zd, noise[i], t[i]) for i in range(members)])
-        pred = prior.predict_noise(
-            z_t, t[:members].reshape(-1), cond, cams.repeat(members), cfg.guidance_scale
-        )
+        pred = prior.predict_noise(z_t, t.reshape(-1), cond, cams.repeat(members), cfg.guidance_scale)
         eps_cfg = pred.eps_cfg.reshape(members, *z.shape)
         eps_cond = pred.eps_cond.reshape(members, *z.shape)
-        if two:
-            x0 = prior.predict_x0(z_t, pred.eps_cfg, t[:members].reshape(-1))
-            decoded = prior.decode(x0).float()
-            images = decoded.reshape(members, B, *decoded.shape[1:])
-        else:
-            images = torch.empty(0)
-    if not two:
-        eps_cfg, eps_cond = eps_cfg.expand(2, *z.shape), eps_cond.expand(2, *z.shape)
-    return Candidates(t, noise, eps_cfg, eps_cond, images, seeds=seeds if two else (seeds[0], seeds[0]))
+        if members == 1:  # SDS: member b is a copy of a
+            return Candidates(t.expand(2, B), noise.expand(2, *z.shape), eps_cfg.expand(2, *z.shape),
+                              eps_cond.expand(2, *z.shape), torch.empty(0), seeds=(seeds[0], seeds[0]))
+        decoded = prior.decode(prior.predict_x0(z_t, pred.eps_cfg, t.reshape(-1))).float()
+        images = decoded.reshape(members, B, *decoded.shape[1:])
+    i, j, distance = most_different(images, prior.n_views)
+    keep = [i, j]
+    return Candidates(t[keep], noise[keep], eps_cfg[keep], eps_cond[keep], images[keep],
+                      seeds=(seeds[i], seeds[j]), distance=distance)
+
+
+def most_different(images: torch.Tensor, V: int) -> tuple[int, int, list[float]]:
+    """(i, j, per-group distances of i and j): of N candidates [N,B,3,H,W], the two whose views differ most
+    (mean over camera groups of images.pixel_distance); with N = 2 that is (0, 1)."""
+    N, groups = images.shape[0], images.shape[1] // V
+
+    def dist(i: int, j: int) -> list[float]:
+        return [pixel_distance(images[i, g * V:(g + 1) * V], images[j, g * V:(g + 1) * V]) for g in range(groups)]
+
+    pairs = {(i, j): dist(i, j) for i in range(N) for j in range(i + 1, N)}
+    (i, j), d = max(pairs.items(), key=lambda kv: sum(kv[1]))
+    return i, j, d
 
 
 def indistinct(distance: float) -> Judgement:

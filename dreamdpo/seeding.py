@@ -22,6 +22,7 @@ class Stream(IntEnum):
     AUDIT = 6  # does people see this model-judged step as an audit pair
     QC = 7  # which quality-control pairs follow a live pair
     REDRAW = 8  # timesteps of a pair redrawn because its candidates were indistinct
+    NOISE_MORE = 9  # the noises of candidates beyond the pair (dpo.candidates > 2)
 
 
 def step_seed(seed: int, step: int, stream: Stream | int, index: int = 0) -> int:
