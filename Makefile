@@ -3,7 +3,7 @@ STAMP := .venv/.installed
 # machines of this project keep the CPU torch wheel in /opt/wheels; elsewhere pip uses the index
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: demo test test-fast setup system-deps
+.PHONY: demo lint test test-fast setup system-deps
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -21,8 +21,12 @@ system-deps:
 demo: $(STAMP)
 	.venv/bin/dreamdpo demo
 
-# everything (CI): unit, integration, slow, browser and PostgreSQL tests
-test: $(STAMP) system-deps
+# ruff over the repository (rules and the files still left out: [tool.ruff] in pyproject.toml)
+lint: $(STAMP)
+	.venv/bin/ruff check .
+
+# everything (CI): lint first, then unit, integration, slow, browser and PostgreSQL tests
+test: lint $(STAMP) system-deps
 	.venv/bin/python -m pytest -q
 
 # the quick tier while working: every module, without the slow and browser tests

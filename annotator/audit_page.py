@@ -37,10 +37,11 @@ def render(engine, user: dict) -> None:
     annotator = cols[2].selectbox("Annotator", [None] + people, format_func=lambda a: "everyone" if a is None else a)
     created = pd.to_datetime(everything["created_at"], utc=True)
     dates = cols[3].date_input("Dates", (created.min().date(), created.max().date()))
-    since, until = (dates[0], dates[1] + pd.Timedelta(days=1)) if isinstance(dates, tuple) and len(dates) == 2 else (None, None)
+    picked = isinstance(dates, tuple) and len(dates) == 2
+    since, until = (dates[0], dates[1] + pd.Timedelta(days=1)) if picked else (None, None)
     target = st.slider("Target agreement for τ", 0.5, 1.0, 0.9, 0.01)
-    data = audit_data(engine, AuditFilters(run_id, judge, annotator, since and str(since), until and str(until), target),
-                      everything)
+    filters = AuditFilters(run_id, judge, annotator, since and str(since), until and str(until), target)
+    data = audit_data(engine, filters, everything)
     s = data.summary
 
     m = st.columns(4)

@@ -57,7 +57,8 @@ def render(engine, user: dict) -> None:
     st.caption(f"Last export built: {built['fmt']}")
     st.json(built["counts"])
     cols = st.columns(2)
-    cols[0].download_button(f"Download {built['fmt']} export (zip)", built["zip"], file_name=f"dreamdpo-{built['fmt']}.zip",
-                            mime="application/zip", on_click="ignore", key="download-zip")
+    cols[0].download_button(f"Download {built['fmt']} export (zip)", built["zip"],
+                            file_name=f"dreamdpo-{built['fmt']}.zip", mime="application/zip", on_click="ignore",
+                            key="download-zip")
     cols[1].download_button("Download manifest.json", built["manifest"], file_name="manifest.json",
                             mime="application/json", on_click="ignore", key="download-manifest")

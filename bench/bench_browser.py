@@ -85,7 +85,7 @@ def main() -> None:
             stored, resumed = [], []
             for i in range(args.n):
                 out = {}
-                th = threading.Thread(target=lambda: (out.update(j=judge.compare(
+                th = threading.Thread(target=lambda out=out, i=i: (out.update(j=judge.compare(
                     a, b, "a red cube", JudgeContext(step=i, run_id=run_id))), out.update(t=time.time())))
                 th.start()
                 while True:  # the pair the judge just posted
@@ -144,7 +144,8 @@ def main() -> None:
     print(f"key press → vote stored: p50 {pct(stored, 50):.3f} s, p95 {pct(stored, 95):.3f} s")
     print(f"vote stored → judge returned: p50 {pct(resumed, 50):.3f} s, p95 {pct(resumed, 95):.3f} s")
     print(f"sustained keyboard votes: {per_min:.0f} per minute ({args.burst} pairs)")
-    print(f"vote → next pair on screen: p50 {pct(next_pair, 50):.2f} s, p95 {pct(next_pair, 95):.2f} s (n={len(next_pair)})")
+    print(f"vote → next pair on screen: p50 {pct(next_pair, 50):.2f} s, p95 {pct(next_pair, 95):.2f} s "
+          f"(n={len(next_pair)})")
     print(f"10 keys pressed at once → 10 votes stored: {burst_s:.2f} s")
     if args.demo != "skip":
         print(f"demo ({args.demo} toy bank): URL printed → first pair on screen: {demo_first_pair(args.demo):.1f} s")

@@ -13,7 +13,6 @@ import random
 import statistics
 import tempfile
 import time
-from datetime import timedelta
 
 import sqlalchemy as sa
 

@@ -42,9 +42,8 @@ def build_log(url: str, n_comparisons: int) -> None:
     import sqlalchemy as sa
 
     from db import models
-    from db.engine import connect
-
     from db import synthetic as syn
+    from db.engine import connect
     n_live = max(10, int(n_comparisons / 6.6))  # ~6.6 votes per live pair in the synthetic log
     pairs, votes = syn.synthetic_log(syn.SyntheticSpec(n_live=n_live, n_gold=max(10, n_live // 100)))
     engine = connect(url)
@@ -102,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, __file__, "--comparisons", str(args.comparisons), "--workdir", str(work),
                         "--build-only"], check=True)
 
-    from db.audit import AuditFilters, audit_data
     from db import export
+    from db.audit import AuditFilters, audit_data
     from db.engine import connect
 
     engine = connect(url)
@@ -132,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     from db.read import votes_frame
     t0, c0 = time.perf_counter(), time.process_time()
     votes_frame(engine)
-    print(f"  of which db.read.votes_frame: {time.perf_counter() - t0:.2f} s wall, {time.process_time() - c0:.2f} s CPU")
+    print(f"  of which db.read.votes_frame: {time.perf_counter() - t0:.2f} s wall, "
+          f"{time.process_time() - c0:.2f} s CPU")
     return 0
 
 

@@ -92,7 +92,8 @@ def main() -> None:
     else:
         prior = sd21_prior(device, args.resolution, mvdream=args.arch == "mvdream")
     cond = prior.encode_prompt("a DSLR photo of a red cube on a wooden table")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'x86-64'}, {torch.get_num_threads()} threads)"
+    cpu = f"CPU ({platform.processor() or 'x86-64'}, {torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     print(f"prior {prior.name}, {prior.dtype}, resolution {prior.resolution}, device {name}, torch {torch.__version__}")
     print("| batch N (U-Net sees 2N) | predict_noise ms, median (min) | encode fwd+bwd ms | decode ms |")
     print("|---|---|---|---|")
@@ -102,14 +103,15 @@ def main() -> None:
         t = torch.full((n,), 500, device=device)
         z_t = prior.add_noise(z, torch.randn_like(z), t)
         cams = random_cameras(CameraConfig(n_views=prior.n_views), n // prior.n_views)
-        predict = timed(lambda: prior.predict_noise(z_t, t, cond, cams, 7.5), device, args.repeats)
+        predict = timed(lambda z_t=z_t, t=t, cams=cams: prior.predict_noise(z_t, t, cond, cams, 7.5),
+                        device, args.repeats)
 
-        def enc_bwd():
+        def enc_bwd(x=x):
             xr = x.clone().requires_grad_(True)
             prior.encode(xr).sum().backward()
 
         encode = timed(enc_bwd, device, args.repeats)
-        decode = timed(lambda: prior.decode(z), device, args.repeats)
+        decode = timed(lambda z=z: prior.decode(z), device, args.repeats)
         print(f"| {n} | {predict} | {encode} | {decode} |")
 
 

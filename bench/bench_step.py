@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from bench_render import timed  # bench/ is on sys.path when run as a script
 
+from bench_render import timed  # bench/ is on sys.path when run as a script
 from dreamdpo.cameras import CameraConfig, random_cameras
 from dreamdpo.config import load_config
 from dreamdpo.optimize import build_scene, load_prior, optimize

@@ -61,7 +61,7 @@ def main() -> None:
         tt = torch.tensor([500, 500])
         for prompt in ("a red cube", "a red cube and a blue sphere"):
             cond = prior.encode_prompt(prompt)
-            med, mn = timed(lambda: prior.predict_noise(z, tt, cond, cams, 7.5))
+            med, mn = timed(lambda cond=cond: prior.predict_noise(z, tt, cond, cams, 7.5))
             rows.append((f"prior predict_noise, DreamDPO pair (N=2), '{prompt}'", f"{med:.1f} ms (min {mn:.1f})"))
         x = torch.rand(1, 3, 64, 64, requires_grad=True)
         med, mn = timed(lambda: prior.encode(x).sum().backward())
@@ -84,7 +84,8 @@ def main() -> None:
     h = cfg["held_out"]
     rows.append(("toy reward held-out ranking (true caption > each hard negative)",
                  f"clean {h['pairwise_clean']:.3f} (swapped binding {h['swapped_binding_clean']:.3f}); "
-                 f"x̂0 {h['pairwise_x0']:.3f} (swapped {h['swapped_binding_x0']:.3f}); all 6 at once {h['all_negatives']:.3f}"))
+                 f"x̂0 {h['pairwise_x0']:.3f} (swapped {h['swapped_binding_x0']:.3f}); "
+                 f"all 6 at once {h['all_negatives']:.3f}"))
     print(f"torch {torch.__version__}, {args.threads} threads\n")
     print("| what | measured |\n|---|---|")
     for k, v in rows:

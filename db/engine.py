@@ -67,7 +67,9 @@ def _check_sqlite_file(path: Path) -> None:
         if blocker is not None and not blocker.is_dir():
             raise LogError(f"cannot put the log at {path}: {blocker} is a file, not a folder; "
                            "give --db a path inside a folder") from None
-        raise LogError(f"cannot use {path} for the log ({e.strerror or e}); give --db a file in a writable folder") from None
+        raise LogError(
+            f"cannot use {path} for the log ({e.strerror or e}); give --db a file in a writable folder"
+        ) from None
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:

@@ -32,8 +32,20 @@ from sqlalchemy.orm import Session
 
 from db.consensus import outcome
 from db.errors import AccountInactive, LogError, RunCancelled
-from db.models import (CHOICES, PAIR_KINDS, RUN_STATUSES, Annotator, Claim, Decision, Image, Pair, Run, UTCDateTime,
-                       Vote, utcnow)
+from db.models import (
+    CHOICES,
+    PAIR_KINDS,
+    RUN_STATUSES,
+    Annotator,
+    Claim,
+    Decision,
+    Image,
+    Pair,
+    Run,
+    UTCDateTime,
+    Vote,
+    utcnow,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLAIM_BATCH = 4
@@ -240,7 +252,8 @@ _PNGS = sa.select(Image.id, Image.png).where(Image.id.in_(sa.bindparam("ids", ex
 
 def _claim_dict(s: Session, pair: Pair, claim: Claim) -> dict:
     run = s.get(Run, pair.run_id)
-    pngs = dict(s.execute(_PNGS, {"ids": [pair.image_a, pair.image_b] + ([pair.render_image] if pair.render_image else [])}).all())
+    ids = [pair.image_a, pair.image_b] + ([pair.render_image] if pair.render_image else [])
+    pngs = dict(s.execute(_PNGS, {"ids": ids}).all())
     votes_in = sum(n for _c, n in s.execute(_COUNTS, {"pid": pair.id}))
     return dict(pair_id=pair.id, run_id=pair.run_id, step=pair.step, prompt=run.prompt,
                 question=pair.question if pair.question is not None else run.question, kind=pair.kind,
@@ -278,7 +291,8 @@ def claim_pair(engine, pair_id: int, annotator_id: int, lease_seconds: float = 1
         _annotator(s, annotator_id)
         pair = _lock_pair(s, pair_id)
         run = s.get(Run, pair.run_id)
-        if pair.status != "pending" or run.status == "cancelled" or (pair.deadline is not None and pair.deadline <= now):
+        expired = pair.deadline is not None and pair.deadline <= now
+        if pair.status != "pending" or run.status == "cancelled" or expired:
             return None
         held = _valid_claim(s, pair_id, annotator_id, now)
         if held is not None:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 from db import consensus
-from scipy import stats as sps
 
 OPINIONS = ("a", "b", "tie", "both_bad")
 DECISIVE = ("a", "b")
@@ -172,7 +172,8 @@ def duplicate_consistency(frame: pd.DataFrame, by: str = "annotator") -> pd.Data
 # ----------------------------------------------------------------------------- position bias
 def position_bias(frame: pd.DataFrame, by: str = "annotator") -> pd.DataFrame:
     """P(left chosen) per annotator (by="annotator") or per judge (by="judge"), with a binomial test ≠ 0.5."""
-    rows = frame[frame[by].notna() & ~frame.get("retracted", pd.Series(False, index=frame.index)).fillna(False).astype(bool)]
+    retracted = frame.get("retracted", pd.Series(False, index=frame.index)).fillna(False).astype(bool)
+    rows = frame[frame[by].notna() & ~retracted]
     left = picked_left(rows)
     rows = rows.assign(left=left).dropna(subset=["left"])
     out = []
@@ -332,7 +333,10 @@ def agreement_by_gap(frame: pd.DataFrame, judge: str, bins: int | list[float] = 
     pairs = pairs.dropna(subset=["gap"])
     if pairs.empty:
         return pd.DataFrame(columns=["gap_bin", "n", "agreement"])
-    cut = pd.qcut(pairs["gap"], bins, duplicates="drop") if isinstance(bins, int) else pd.cut(pairs["gap"], bins, include_lowest=True)
+    if isinstance(bins, int):
+        cut = pd.qcut(pairs["gap"], bins, duplicates="drop")
+    else:
+        cut = pd.cut(pairs["gap"], bins, include_lowest=True)
     agree = (pairs["judge_label"] == pairs["human_label"]).astype(float)
     out = agree.groupby(cut, observed=True).agg(["size", "mean"]).rename(columns={"size": "n", "mean": "agreement"})
     out.index = out.index.astype(str)
@@ -434,10 +438,11 @@ def annotator_report(frame: pd.DataFrame, rules: FlagRules = FlagRules()) -> pd.
     report = pd.DataFrame({"n_votes": votes.groupby("annotator").size(),
                            "agree_majority": agree.groupby(votes["annotator"]).mean()})
     _, ds = dawid_skene(frame)
-    report = report.join(ds).join(gold_accuracy(frame)).join(duplicate_consistency(frame, "annotator")[["dup_n", "dup_consistency"]])
-    report = report.join(position_bias(frame, "annotator")[["p_left", "p_value"]].rename(columns={"p_value": "left_p_value"}))
+    dups = duplicate_consistency(frame, "annotator")[["dup_n", "dup_consistency"]]
+    side = position_bias(frame, "annotator")[["p_left", "p_value"]].rename(columns={"p_value": "left_p_value"})
+    report = report.join(ds).join(gold_accuracy(frame)).join(dups).join(side)
     reasons = []
-    for name, r in report.iterrows():
+    for _, r in report.iterrows():
         why = []
         if r["n_votes"] >= rules.min_votes:
             if r["ds_accuracy"] < rules.min_reliability:
@@ -517,8 +522,11 @@ def bradley_terry_ci(comparisons: pd.DataFrame, n_boot: int = 200, seed: int = 0
     point = _bt_fit(_win_matrix(len(items), ia, ib, win_a), prior)
     rng = np.random.default_rng(seed)
     n = len(ia)
-    boots = np.array([_bt_fit(_win_matrix(len(items), ia, ib, win_a, w), prior)
-                      for w in rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)]) if n_boot and n else np.empty((0, len(items)))
+    if n_boot and n:
+        boots = np.array([_bt_fit(_win_matrix(len(items), ia, ib, win_a, w), prior)
+                          for w in rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)])
+    else:
+        boots = np.empty((0, len(items)))
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
     out = pd.DataFrame({"strength": point,
                         "low": np.quantile(boots, lo, axis=0) if len(boots) else np.nan,

@@ -128,7 +128,7 @@ def synthetic_log(spec: SyntheticSpec = SyntheticSpec()) -> tuple[pd.DataFrame, 
                             {"a": "b", "b": "a"}.get(pair["truth"], pair["truth"]), dup_of=pair["pair_id"])
             human_votes(dup, raters)
             judge_votes(dup, judge_state)
-    for i in range(spec.n_gold):
+    for _ in range(spec.n_gold):
         gold = str(rng.choice(["a", "b"]))
         pair = make_pair("gold", 1, -1, 0 if gold == "b" else 5, 5 if gold == "b" else 0, gold, gold=gold)
         human_votes(pair, list(ANNOTATORS))

@@ -44,13 +44,13 @@ class Cameras:
     def device(self) -> torch.device:
         return self.elevation.device
 
-    def to(self, device) -> "Cameras":
+    def to(self, device) -> Cameras:
         return Cameras(*(f.to(device) for f in (self.elevation, self.azimuth, self.distance, self.fovy)))
 
-    def __getitem__(self, idx) -> "Cameras":
+    def __getitem__(self, idx) -> Cameras:
         return Cameras(*(f[idx].reshape(-1) for f in (self.elevation, self.azimuth, self.distance, self.fovy)))
 
-    def repeat(self, n: int) -> "Cameras":
+    def repeat(self, n: int) -> Cameras:
         """[c0, c1, ..] -> [c0, c1, .., c0, c1, ..] (n times): for batching pair members."""
         return Cameras(*(f.repeat(n) for f in (self.elevation, self.azimuth, self.distance, self.fovy)))
 
@@ -98,7 +98,7 @@ class Cameras:
         ]
 
     @classmethod
-    def from_dicts(cls, rows: list[dict]) -> "Cameras":
+    def from_dicts(cls, rows: list[dict]) -> Cameras:
         """Inverse of as_dicts (a logged pair's cameras, to regenerate or re-judge it)."""
         return cls(*(torch.tensor([float(r[k]) for r in rows]) for k in ("elevation", "azimuth", "distance", "fovy")))
 

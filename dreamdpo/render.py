@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from dreamdpo.cameras import Cameras
-from dreamdpo.seeding import Stream, step_seed
 from dreamdpo.field import NeRFField
+from dreamdpo.seeding import Stream, step_seed
 
 
 @dataclass

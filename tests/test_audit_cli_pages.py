@@ -2,9 +2,7 @@
 the synthetic log (written through db.queue)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pyarrow.parquet as pq
 import pytest

@@ -20,8 +20,15 @@ IMAGE_TOKENS = 4  # (28 px / 14 px patches)², CLS dropped by vision_feature_sel
 def tiny_llava(path) -> None:
     """A LLaVA model folder (config, weights, processor with a chat template) written to `path`."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
 
     words = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "user", "assistant", ":", "Which", "image", "matches",
              "the", "prompt", "better", "?", "Prompt", '"', "Answer", "First", "or", "Second", ".", "Tie", "Both", "bad"]

@@ -22,7 +22,6 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-
 CTX = mp.get_context("fork")
 TIMEOUT_S = 600
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from db import accounts, engine as db_engine, queue
+from db import accounts, queue
+from db import engine as db_engine
 from db.errors import LogError
 from dreamdpo import cli
 

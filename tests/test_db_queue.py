@@ -12,7 +12,8 @@ from PIL import Image
 
 from db import accounts, queue
 from db.errors import LogError
-from db.models import Claim, Decision, Image as ImageRow, Pair, Vote, utcnow
+from db.models import Claim, Decision, Pair, Vote, utcnow
+from db.models import Image as ImageRow
 from db.read import PAIR_COLUMNS, VOTE_COLUMNS, pairs_frame, votes_frame
 
 

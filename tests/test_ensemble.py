@@ -5,13 +5,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from fake_openai import FakeOpenAI
 
 from db import stats
 from dreamdpo import judges
 from dreamdpo.judges.base import Judge, Judgement
 from dreamdpo.judges.ensemble import BudgetJudge, combine, estimate, member_votes
 from dreamdpo.judges.lmm import ENV_BASE_URL, ENV_KEY, ENV_MODEL, JudgeUnavailable
+from fake_openai import FakeOpenAI
 
 KEY = "sk-ensemble-test-4be1d0-secret"
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from dreamdpo.errors import UserError
-from dreamdpo.export import (contact_sheet, extract_mesh, read_glb, render_turntable, save_mesh,
-                             save_turntable)
+from dreamdpo.export import contact_sheet, extract_mesh, read_glb, render_turntable, save_mesh, save_turntable
 from dreamdpo.field import EnvMapBackground, FieldConfig, NeRFField
 from dreamdpo.render import RenderConfig, Renderer
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_openai import FakeOpenAI
 
 from dreamdpo import judges
 from dreamdpo.errors import UserError
@@ -28,6 +27,7 @@ from dreamdpo.judges.lmm import (
     parse_choice,
     prompt_questions,
 )
+from fake_openai import FakeOpenAI
 
 KEY = "sk-test-7f3a9c-never-logged"
 RED = torch.zeros(1, 3, 32, 32)

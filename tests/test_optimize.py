@@ -10,8 +10,8 @@ from dreamdpo.cli import main as cli
 from dreamdpo.config import load_config
 from dreamdpo.judges.base import Judge, judgement_from_scores
 from dreamdpo.optimize import load_prior, optimize, resolve_device
-from dreamdpo.recording import ListRecorder
 from dreamdpo.priors.tiny import make_tiny_sd
+from dreamdpo.recording import ListRecorder
 
 SMALL = [
     "field.n_levels=4", "field.log2_hashmap_size=12", "field.max_resolution=64", "field.hidden=16",

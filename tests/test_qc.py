@@ -7,10 +7,8 @@ import random
 import pytest
 
 from db import qc, stats
-from db.errors import LogError
-
-
 from db import synthetic as SYN  # noqa: E402
+from db.errors import LogError
 
 
 @pytest.fixture()

@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from dreamdpo.errors import UserError
 from dreamdpo.judges.base import Judgement
 from dreamdpo.judges.reward import (
-    CLIP_MEAN, CLIP_STD, HPSv2Scorer, ImageRewardScorer, RewardJudge, hps_preprocess, imagereward_preprocess,
+    CLIP_MEAN,
+    CLIP_STD,
+    HPSv2Scorer,
+    ImageRewardScorer,
+    RewardJudge,
+    hps_preprocess,
+    imagereward_preprocess,
     load_judge,
 )
 from dreamdpo.priors.tiny import write_clip_tokenizer

@@ -2,7 +2,6 @@
 synthetic log whose planted facts the reports must find."""
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest

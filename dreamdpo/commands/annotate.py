@@ -81,7 +81,9 @@ def check_port_free(host: str, port: int) -> None:
             s.bind(addr)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise UserError(f"port {port} on {host} is in use by another program; pass --port with a free one") from None
+                raise UserError(
+                    f"port {port} on {host} is in use by another program; pass --port with a free one"
+                ) from None
             if e.errno == errno.EADDRNOTAVAIL:
                 raise UserError(f"--host {host} is not an address of this machine; pass one of its addresses, "
                                 "127.0.0.1 or 0.0.0.0") from None
@@ -285,7 +287,8 @@ def prepare_toy_world(marker: Path, progress: bool = True) -> None:
     class Mirrored(bank.tqdm):
         def __init__(self, *a, total=None, **kw):
             super().__init__(*a, total=total, **kw)
-            self.mirrored, self.mirror_total = 0, total or 0  # counted here too: a disabled bar (--quiet) counts nothing
+            # counted here too: a disabled bar (--quiet) counts nothing
+            self.mirrored, self.mirror_total = 0, total or 0
 
         def update(self, n=1):
             out = super().update(n)

@@ -70,8 +70,8 @@ def format_audit(data) -> str:
             _table(s.agreement, False, "(no judged pairs with human votes)"),
             "\n== per run", _table(s.agreement_by_run, False),
             "\n== tau calibrated on people",
-            "\n".join(f"{t.judge}: tau {t.tau:.3f} (agreement {t.agreement:.3f} on {t.n_pairs} pairs, target {t.target})"
-                      for t in s.taus) or "(no judges)",
+            "\n".join(f"{t.judge}: tau {t.tau:.3f} (agreement {t.agreement:.3f} on {t.n_pairs} pairs, "
+                      f"target {t.target})" for t in s.taus) or "(no judges)",
             "\n== position bias: P(left chosen), binomial test vs 0.5",
             _table(pd.concat({"annotator": s.position_annotators, "judge": s.position_judges})),
             "\n== model judges asked in both orders (flip rate)", _table(s.judge_flips),
@@ -81,7 +81,8 @@ def format_audit(data) -> str:
             "\n== annotators", _table(s.annotators, empty="(no human votes)"),
         ]
         if not s.annotators.empty and s.annotators["flagged"].any():
-            parts.append("FLAGGED: " + "; ".join(f"{n} ({r})" for n, r in s.annotators.loc[s.annotators["flagged"], "flag_reasons"].items()))
+            flagged = s.annotators.loc[s.annotators["flagged"], "flag_reasons"]
+            parts.append("FLAGGED: " + "; ".join(f"{n} ({r})" for n, r in flagged.items()))
         if len(data.ranking):
             parts += ["\n== Bradley-Terry ranking of candidates (95% bootstrap CI)", data.ranking.to_string()]
     return "\n".join(parts)

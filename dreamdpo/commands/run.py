@@ -20,7 +20,8 @@ def add_commands(sub) -> None:
     p.add_argument("--out", help="output directory (default outputs/<run-name>)")
     p.add_argument("--config", help="YAML file with any RunConfig keys")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--db", help="preference log URL or SQLite path (default $DREAMDPO_DB or ./dreamdpo-data/log.sqlite)")
+    p.add_argument("--db",
+                   help="preference log URL or SQLite path (default $DREAMDPO_DB or ./dreamdpo-data/log.sqlite)")
     p.add_argument("--no-log", action="store_true", help="do not write judged pairs to the preference log")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. dpo.tau=0.01 steps=300")

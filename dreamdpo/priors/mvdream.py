@@ -101,7 +101,7 @@ class MVDreamPrior(StableDiffusionPrior):
     @classmethod
     def from_pretrained(cls, checkpoint: str | None = None, *, base: str = SD21_BASE, device=None, dtype=None,
                         resolution: int | None = None, view_dependent_prompts: bool = False,
-                        local_files_only: bool | None = None, n_views: int = 4) -> "MVDreamPrior":
+                        local_files_only: bool | None = None, n_views: int = 4) -> MVDreamPrior:
         """checkpoint: sd-v2.1-base-4view.pt (None → the copy in the Hugging Face cache of MVDream/MVDream);
         base: SD 2.1-base (diffusers layout) for the VAE, text encoder, tokenizer and schedule."""
         from diffusers import UNet2DConditionModel
@@ -114,7 +114,9 @@ class MVDreamPrior(StableDiffusionPrior):
         try:
             state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:
-            raise UserError(f"cannot read MVDream weights at {ckpt} ({type(e).__name__}); download the file again") from None
+            raise UserError(
+                f"cannot read MVDream weights at {ckpt} ({type(e).__name__}); download the file again"
+            ) from None
         state = state.get("state_dict", state)
         config = mvdream_unet_config(sd.unet.config)
         unet = UNet2DConditionModel.from_config(config)
@@ -123,8 +125,9 @@ class MVDreamPrior(StableDiffusionPrior):
             raise UserError(f"{ckpt} does not fit the SD 2.1-base U-Net of '{base}' "
                             f"(missing {list(missing)[:2]}, unexpected {list(unexpected)[:2]})")
         del state
-        return cls(unet, sd.text_encoder, sd.tokenizer, sd.alphas_cumprod.cpu(), vae=sd.vae, name=f"mvdream:{Path(ckpt).name}",
-                   device=device, dtype=dtype, resolution=resolution, view_dependent_prompts=view_dependent_prompts,
+        return cls(unet, sd.text_encoder, sd.tokenizer, sd.alphas_cumprod.cpu(), vae=sd.vae,
+                   name=f"mvdream:{Path(ckpt).name}", device=device, dtype=dtype, resolution=resolution,
+                   view_dependent_prompts=view_dependent_prompts,
                    prediction_type=sd.prediction_type, n_views=n_views)
 
     def _unet_inputs(self, cameras: Cameras, n: int) -> dict:

@@ -106,7 +106,8 @@ class StableDiffusionPrior(DiffusionPrior):
         if self.resolution <= 0 or self.resolution % self.scale_factor:
             raise UserError(
                 f"resolution {self.resolution} is not a multiple of {self.scale_factor} (the VAE's downsampling) "
-                f"for {name}; use e.g. {max(self.scale_factor, self.resolution // self.scale_factor * self.scale_factor)}"
+                f"for {name}; use e.g. "
+                f"{max(self.scale_factor, self.resolution // self.scale_factor * self.scale_factor)}"
             )
 
     def _frozen(self, module):
@@ -122,7 +123,7 @@ class StableDiffusionPrior(DiffusionPrior):
     @classmethod
     def from_pretrained(cls, model_id_or_path: str, *, device=None, dtype=None,
                         view_dependent_prompts: bool = False, resolution: int | None = None,
-                        local_files_only: bool | None = None) -> "StableDiffusionPrior":
+                        local_files_only: bool | None = None) -> StableDiffusionPrior:
         """Load by hub id (from the local cache unless local_files_only=False) or local folder."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -157,7 +158,8 @@ class StableDiffusionPrior(DiffusionPrior):
         full = tok(text, truncation=False, verbose=False).input_ids
         cut = tok.decode(full[max_len - 1: -1]) if len(full) > max_len else None
         ids = tok(text, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
-        mask = ids.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) else None
+        use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
+        mask = ids.attention_mask.to(self.device) if use_mask else None
         with torch.no_grad():
             return self.text_encoder(ids.input_ids.to(self.device), attention_mask=mask)[0], cut
 

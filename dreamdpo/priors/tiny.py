@@ -121,7 +121,8 @@ def diffusers_unet_to_ldm(state: dict, config: dict) -> dict:
             if up_attn[i]:
                 prefixes.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{(L + 1) * i + j}.1."))
         if i < n - 1:
-            prefixes.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(L + 1) * i + L}.{2 if up_attn[i] else 1}."))
+            up_sampler = f"output_blocks.{(L + 1) * i + L}.{2 if up_attn[i] else 1}."
+            prefixes.append((f"up_blocks.{i}.upsamplers.0.", up_sampler))
     resnet = [("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("norm2.", "out_layers.0."),
               ("conv2.", "out_layers.3."), ("time_emb_proj.", "emb_layers.1."), ("conv_shortcut.", "skip_connection.")]
     out = {}

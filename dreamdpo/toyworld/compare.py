@@ -109,7 +109,8 @@ def table(rows: list[dict]) -> str:
         cells = [f"{mean([r['alignment'] for r in mr if r['prompt'] == p]):.2f}" for p in prompts]
         single = [r["alignment"] for r in mr if " and " not in r["prompt"] and " of " not in r["prompt"]]
         two = [r for r in mr if " and " in r["prompt"] or " of " in r["prompt"]]
-        two_cell = f"{mean([r['alignment'] for r in two]):.2f} ({mean([r['binding'] for r in two]):.2f})" if two else "–"
+        two_cell = (f"{mean([r['alignment'] for r in two]):.2f} ({mean([r['binding'] for r in two]):.2f})"
+                    if two else "–")
         lines.append(f"| {m} | " + " | ".join(cells) +
                      f" | {mean(single):.2f} | {two_cell} | {mean([r['alignment'] for r in mr]):.2f} |")
     return "\n".join(lines)

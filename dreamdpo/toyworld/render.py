@@ -78,7 +78,8 @@ def layout(shapes: tuple[str, ...]) -> tuple[Placed, ...]:
     """One shape at the origin, or two at the world's left (−y) and right (+y)."""
     if len(shapes) == 1:
         return (Placed(shapes[0]),)
-    return (Placed(shapes[0], (0.0, -SIDE_OFFSET, 0.0), PAIR_SCALE), Placed(shapes[1], (0.0, SIDE_OFFSET, 0.0), PAIR_SCALE))
+    return (Placed(shapes[0], (0.0, -SIDE_OFFSET, 0.0), PAIR_SCALE),
+            Placed(shapes[1], (0.0, SIDE_OFFSET, 0.0), PAIR_SCALE))
 
 
 def scene_layout(scene: Scene) -> tuple[Placed, ...]:

@@ -40,8 +40,9 @@ class RewardConfig:
 
 
 class ToyRewardModel(nn.Module):
-    def __init__(self, cfg: RewardConfig = RewardConfig()):
+    def __init__(self, cfg: RewardConfig | None = None):
         super().__init__()
+        cfg = cfg if cfg is not None else RewardConfig()  # a fresh one: RewardConfig is mutable
         self.cfg = cfg
         w, e = cfg.width, cfg.embed
         self.image = nn.Sequential(
@@ -331,7 +332,7 @@ class ToyRewardJudge(Judge):
         self._captions: dict[str, Tensor] = {}
 
     @classmethod
-    def load(cls, device="cpu", path: str | Path | None = None) -> "ToyRewardJudge":
+    def load(cls, device="cpu", path: str | Path | None = None) -> ToyRewardJudge:
         return cls(load_reward_model(path, device), device)
 
     @torch.no_grad()
@@ -342,7 +343,8 @@ class ToyRewardJudge(Judge):
         x = images.to(self.device).float()
         return self.model.scores(x, cap[None, None].expand(x.shape[0], 1, 2, 2))[:, 0].cpu()
 
-    def compare(self, images_a: Tensor, images_b: Tensor, prompt: str, context: JudgeContext | None = None) -> Judgement:
+    def compare(self, images_a: Tensor, images_b: Tensor, prompt: str,
+                context: JudgeContext | None = None) -> Judgement:
         return judgement_from_scores(self.name, self.score(images_a, prompt), self.score(images_b, prompt))
 
     @torch.no_grad()
