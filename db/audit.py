@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from db import stats
+from db.timefilter import parse_time
 
 
 @dataclass(frozen=True)
@@ -29,14 +30,13 @@ class AuditData:
 
 def load_votes(engine, filters: AuditFilters, everything: pd.DataFrame | None = None) -> pd.DataFrame:
     """The filtered votes; `everything` (the whole votes frame, if already read) saves a second read."""
-    from db.export import _parse_since
     from db.read import votes_frame
 
-    for when in (filters.since, filters.until):  # a date that is not one: the export's one-line error
-        _parse_since(None if when is None else str(when))
+    # parsed before the read: a date that is not one fails at once, with the export's one-line error
+    since, until = parse_time(filters.since, "--since"), parse_time(filters.until, "--until")
     frame = votes_frame(engine, run_id=filters.run_id) if everything is None else everything
     return stats.filter_votes(frame, run_id=filters.run_id, judge=filters.judge, annotator=filters.annotator,
-                              since=filters.since, until=filters.until)
+                              since=since, until=until)
 
 
 def candidate_comparisons(engine, frame: pd.DataFrame) -> pd.DataFrame:

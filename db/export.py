@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from db.errors import LogError
+from db.timefilter import parse_time
 
 SCHEMA_VERSION = 2
 FORMATS = ("pickapic", "trl", "jsonl")
@@ -131,7 +132,7 @@ def _where(stmt, filters: ExportFilters, v, p):
 
     if filters.run_id is not None:
         stmt = stmt.where(p.c.run_id == filters.run_id)
-    since = _parse_since(filters.since)
+    since = parse_time(filters.since)
     if since is not None:
         stmt = stmt.where(v.c.created_at >= since)
     sources = []
@@ -142,16 +143,6 @@ def _where(stmt, filters: ExportFilters, v, p):
     if sources:
         stmt = stmt.where(sa.or_(*sources))
     return stmt
-
-
-def _parse_since(since: str | None) -> datetime | None:
-    if since is None:
-        return None
-    try:
-        when = datetime.fromisoformat(since)
-    except ValueError:
-        raise LogError(f"--since {since!r} is not a date; write it as YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def parse_judges(text: str | None) -> tuple[str, ...] | None:

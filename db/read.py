@@ -1,22 +1,14 @@
 """Frames for analysts: one row per vote, one row per pair (the columns db/stats.py reads)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import pandas as pd
 import sqlalchemy as sa
 
 from db.models import Annotator, Decision, Pair, Run, Vote
+from db.timefilter import parse_time
 
 VOTE_COLUMNS = ["vote_id", "pair_id", "run_id", "step", "kind", "annotator", "judge", "choice", "score_a", "score_b",
                 "shown_left", "latency_ms", "created_at", "gold_answer", "duplicate_of", "retracted"]
-
-
-def _since(since) -> datetime | None:
-    if since is None:
-        return None
-    when = pd.Timestamp(since).to_pydatetime()
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def _frame(engine, stmt, columns) -> pd.DataFrame:
@@ -37,7 +29,7 @@ def votes_frame(engine, run_id: int | None = None, since=None) -> pd.DataFrame:
             .order_by(Vote.id))
     if run_id is not None:
         stmt = stmt.where(Pair.run_id == run_id)
-    if (when := _since(since)) is not None:
+    if (when := parse_time(since)) is not None:
         stmt = stmt.where(Vote.created_at >= when)
     frame = _frame(engine, stmt, VOTE_COLUMNS)
     frame["retracted"] = frame["retracted"].astype(bool)
@@ -66,7 +58,7 @@ def pairs_frame(engine, run_id: int | None = None, since=None, kind: str | None 
         stmt = stmt.where(Pair.kind == kind)
     if status is not None:
         stmt = stmt.where(Pair.status == status)
-    if (when := _since(since)) is not None:
+    if (when := parse_time(since)) is not None:
         stmt = stmt.where(Pair.created_at >= when)
     frame = _frame(engine, stmt, PAIR_COLUMNS)
     for col in ("deadline", "decided_at"):

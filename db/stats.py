@@ -24,6 +24,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from db import consensus
+from db.timefilter import parse_time
 
 OPINIONS = ("a", "b", "tie", "both_bad")
 DECISIVE = ("a", "b")
@@ -84,15 +85,12 @@ def filter_votes(frame: pd.DataFrame, run_id: int | None = None, judge: str | No
     if since is not None or until is not None:
         created = pd.to_datetime(frame["created_at"], utc=True)
         if since is not None:
-            keep &= created >= _utc(since)
+            keep &= created >= parse_time(since, "--since")
         if until is not None:
-            keep &= created < _utc(until)
+            keep &= created < parse_time(until, "--until")
     return frame[keep]
 
 
-def _utc(when) -> pd.Timestamp:
-    ts = pd.Timestamp(when)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def human_votes(frame: pd.DataFrame) -> pd.DataFrame:

@@ -247,8 +247,6 @@ def test_bad_input_is_one_line_error(tmp_path, comparisons):
     with pytest.raises(LogError, match="is a file") as e:
         export.write_comparisons(iter(comparisons), "pickapic", tmp_path / "afile")
     assert "\n" not in str(e.value) and (tmp_path / "afile").read_text() == "keep me"
-    with pytest.raises(LogError, match="not a date"):
-        export._parse_since("yesterday")
     assert export.parse_judges(" hpsv2, ,imagereward ") == ("hpsv2", "imagereward") and export.parse_judges("") is None
 
 
