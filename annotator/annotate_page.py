@@ -25,7 +25,6 @@ import os
 import random
 import time
 
-import sqlalchemy as sa
 import streamlit as st
 
 from annotator import guard, instructions, keys
@@ -33,7 +32,8 @@ from annotator.views import grid_png
 from db import feedback, queue
 from db.engine import is_transient
 from db.errors import AccountInactive, LogError
-from db.models import Decision, Image, Pair, Vote, utcnow
+from db.models import utcnow
+from db.recent import latest_render, recent_votes
 
 POLL_S = float(os.environ.get("DREAMDPO_POLL_S", "0.5"))  # seconds between checks for a new pair
 LEASE_S = float(os.environ.get("DREAMDPO_LEASE_S", "120"))  # how long a shown pair stays yours
@@ -142,20 +142,7 @@ def _undo(engine, user) -> None:
 
 def context_render(engine, pair: dict) -> bytes | None:
     """The pair's own render, else its run's latest one (QC pairs carry none: they must not stand out)."""
-    if pair.get("render_image"):
-        return pair["render_image"]
-    with engine.connect().execution_options(readonly=True) as conn:
-        return conn.execute(sa.select(Image.png).join(Pair, Pair.render_image == Image.id)
-                            .where(Pair.run_id == pair["run_id"]).order_by(Pair.id.desc()).limit(1)).scalar()
-
-
-def recent_votes(engine, annotator_id: int, n: int = 10) -> list[dict]:
-    """This person's own latest votes (newest first), with what became of each pair."""
-    q = (sa.select(Vote.pair_id, Vote.choice, Vote.shown_left, Vote.created_at, Vote.retracted, Decision.winner)
-         .outerjoin(Decision, Decision.pair_id == Vote.pair_id)
-         .where(Vote.annotator_id == annotator_id).order_by(Vote.id.desc()).limit(n))
-    with engine.connect().execution_options(readonly=True) as conn:
-        return [dict(r) for r in conn.execute(q).mappings()]
+    return pair.get("render_image") or latest_render(engine, pair["run_id"])
 
 
 def preparation() -> tuple[int, int] | None:

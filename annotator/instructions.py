@@ -3,9 +3,7 @@ an admin may replace for a run (kept in the run's config in the log, key "instru
 An admin's text comes from the log, so it is always shown as plain text."""
 from __future__ import annotations
 
-import sqlalchemy as sa
-
-from db.models import Run
+from db import queue
 
 KEY = "instructions"
 DEFAULT = """\
@@ -19,18 +17,11 @@ Judge quickly: a pair is yours for the time shown, then it goes back to the queu
 
 
 def for_run(engine, run_id: int) -> str:
-    with engine.connect().execution_options(readonly=True) as conn:
-        config = conn.execute(sa.select(Run.config).where(Run.id == run_id)).scalar()
+    config = (queue.get_run(engine, run_id) or {}).get("config")
     text = (config or {}).get(KEY) if isinstance(config, dict) else None
     return text if isinstance(text, str) and text.strip() else DEFAULT
 
 
 def save(engine, run_id: int, text: str | None) -> None:
     """Set (or, with an empty text, reset to DEFAULT) the run's instructions."""
-    with engine.begin() as conn:
-        config = dict(conn.execute(sa.select(Run.config).where(Run.id == run_id)).scalar() or {})
-        if text and text.strip():
-            config[KEY] = text.strip()
-        else:
-            config.pop(KEY, None)
-        conn.execute(sa.update(Run).where(Run.id == run_id).values(config=config))
+    queue.set_run_config(engine, run_id, KEY, text.strip() if text and text.strip() else None)

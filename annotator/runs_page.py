@@ -6,28 +6,16 @@ cancelling asks for a confirmation first."""
 from __future__ import annotations
 
 import pandas as pd
-import sqlalchemy as sa
 import streamlit as st
 
 from annotator import instructions
 from annotator.plain import md
-from db import queue
-from db.models import Pair, utcnow
+from db import feedback, queue
 
 LIVE = ("pending", "running", "paused")
 BINS = 20  # the share of steps each source decided is shown over at most this many windows of steps
 CHARTS = (("loss", "Loss"), ("gap", "Gap between the candidates (0–1)"),
           ("agreement", "Learned model's agreement with people (leave-one-out)"))
-
-
-def waiting_on_people(engine) -> dict[int, int]:
-    """Run id → pending live pairs not past their deadline."""
-    now = utcnow()
-    with engine.connect().execution_options(readonly=True) as conn:  # a read never takes the write lock
-        rows = conn.execute(sa.select(Pair.run_id, sa.func.count()).where(
-            Pair.status == "pending", Pair.kind == "live",
-            sa.or_(Pair.deadline.is_(None), Pair.deadline > now)).group_by(Pair.run_id)).all()
-    return {int(r): int(n) for r, n in rows}
 
 
 def curves(history: list[dict]) -> pd.DataFrame:
@@ -138,7 +126,7 @@ def render(engine, user: dict) -> None:
     live = [r for r in runs if r["status"] in LIVE]
     show_all = st.toggle("Show finished and cancelled runs too", value=not live,
                          help="finished runs keep their renders, turntable and curves")
-    waiting = waiting_on_people(engine)
+    waiting = feedback.waiting_pairs_by_run(engine)
     shown = [r for r in reversed(runs) if show_all or r["status"] in LIVE]
     if not shown:
         st.info("No live runs right now; switch on 'Show finished and cancelled runs too' to see the others.")

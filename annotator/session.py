@@ -16,11 +16,9 @@ import os
 import secrets
 import time
 
-import sqlalchemy as sa
 import streamlit as st
 
-from db.accounts import _PUBLIC, _public
-from db.models import Annotator
+from db.accounts import session_account, token_hash_of
 
 COOKIE = "dreamdpo_session"
 HOURS = float(os.environ.get("DREAMDPO_SESSION_HOURS", "12"))
@@ -68,17 +66,13 @@ def user_for(engine, value: str | None, now: float | None = None) -> dict | None
     if got is None or got[1] <= now or got[2] in _ended():
         return None
     annotator_id, expires, nonce, sig = got
-    with engine.connect().execution_options(readonly=True) as conn:
-        row = conn.execute(sa.select(*_PUBLIC, Annotator.token_hash).where(
-            Annotator.id == annotator_id, Annotator.active.is_(True))).first()
-    if row is None or not hmac.compare_digest(sig, _signature(annotator_id, expires, nonce, row.token_hash)):
+    account = session_account(engine, annotator_id)
+    if account is None:
         return None
-    return _public(row)
-
-
-def token_hash_of(engine, annotator_id: int) -> str:
-    with engine.connect().execution_options(readonly=True) as conn:
-        return conn.execute(sa.select(Annotator.token_hash).where(Annotator.id == annotator_id)).scalar_one()
+    hashed = account.pop("token_hash")
+    if not hmac.compare_digest(sig, _signature(annotator_id, expires, nonce, hashed)):
+        return None
+    return account
 
 
 def start(engine, user: dict) -> None:

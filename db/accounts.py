@@ -80,6 +80,22 @@ def authenticate(engine, token: str) -> dict | None:
     return None if a is None else _public(a)
 
 
+def token_hash_of(engine, annotator_id: int) -> str:
+    """The stored hash of the account's token (a session cookie is signed with it, so reissuing the
+    token ends every session)."""
+    with _read(engine) as conn:
+        return conn.execute(sa.select(Annotator.token_hash).where(Annotator.id == annotator_id)).scalar_one()
+
+
+def session_account(engine, annotator_id: int) -> dict | None:
+    """The active account with this id (public fields and `token_hash`), or None: what a session
+    cookie is checked against at each page load."""
+    with _read(engine) as conn:
+        row = conn.execute(sa.select(*_PUBLIC, Annotator.token_hash).where(
+            Annotator.id == annotator_id, Annotator.active.is_(True))).first()
+    return None if row is None else {**_public(row), "token_hash": row.token_hash}
+
+
 def list_annotators(engine) -> list[dict]:
     with _read(engine) as conn:
         return [_public(a) for a in conn.execute(sa.select(*_PUBLIC).order_by(Annotator.id))]

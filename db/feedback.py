@@ -61,14 +61,24 @@ def posted_pairs(engine, run_id: int) -> int:
         return int(conn.execute(q).scalar() or 0)
 
 
+def _waiting():
+    """Live pairs still waiting for people: pending, not past their deadline."""
+    return sa.and_(Pair.kind == "live", Pair.status == "pending",
+                   sa.or_(Pair.deadline.is_(None), Pair.deadline > utcnow()))
+
+
 def waiting_pairs(engine, run_id: int) -> int:
     """The run's live pairs still waiting for people (pending, not past their deadline)."""
-    now = utcnow()
-    q = (sa.select(sa.func.count()).select_from(Pair)
-         .where(Pair.run_id == run_id, Pair.kind == "live", Pair.status == "pending",
-                sa.or_(Pair.deadline.is_(None), Pair.deadline > now)))
+    q = sa.select(sa.func.count()).select_from(Pair).where(Pair.run_id == run_id, _waiting())
     with _read(engine) as conn:
         return int(conn.execute(q).scalar() or 0)
+
+
+def waiting_pairs_by_run(engine) -> dict[int, int]:
+    """Run id → its live pairs still waiting for people; runs with none are left out."""
+    q = sa.select(Pair.run_id, sa.func.count()).where(_waiting()).group_by(Pair.run_id)
+    with _read(engine) as conn:
+        return {int(r): int(n) for r, n in conn.execute(q).all()}
 
 
 def annotators_online(engine, within_s: float = 60.0, excluding: int | None = None) -> int:

@@ -119,6 +119,20 @@ def list_runs(engine, status: str | None = None) -> list[dict]:
         return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
+def set_run_config(engine, run_id: int, key: str, value) -> None:
+    """Set one key of the run's config (None removes it), in one transaction."""
+    with Session(engine) as s, s.begin():
+        run = s.get(Run, run_id, with_for_update=True)
+        if run is None:
+            raise LogError(f"run {run_id} does not exist; list runs with `dreamdpo stats`")
+        config = dict(run.config or {})
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+        run.config = config
+
+
 def _check_status(status: str) -> None:
     if status not in RUN_STATUSES:
         raise LogError(f"run status {status!r} is not one of {', '.join(RUN_STATUSES)}")
