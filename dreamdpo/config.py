@@ -51,6 +51,13 @@ class OptimConfig:
 
 
 @dataclass
+class ExportConfig:
+    # density level of the mesh surface; None = chosen from the grid's opacity histogram
+    # (dreamdpo.export.auto_threshold, docs/method.md "The finished object")
+    mesh_threshold: float | None = None
+
+
+@dataclass
 class RunConfig:
     prompt: str = "a red cube"
     negative_prompt: str = ""
@@ -79,6 +86,7 @@ class RunConfig:
     test_resolution: int = 128
     export_mesh: bool = True
     mesh_resolution: int = 128
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)

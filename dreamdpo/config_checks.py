@@ -42,6 +42,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("test_views", _positive_int, "a whole number ≥ 1"),
     ("test_resolution", lambda v: isinstance(v, int) and 8 <= v <= 4096, "a whole number from 8 to 4096"),
     ("mesh_resolution", lambda v: isinstance(v, int) and 8 <= v <= 1024, "a whole number from 8 to 1024"),
+    ("export.mesh_threshold", lambda v: v is None or (_finite(v) and v > 0),
+     "empty (chosen automatically) or a density > 0"),
     ("prior_resolution", lambda v: v is None or (isinstance(v, int) and 8 <= v <= 4096),
      "empty or a whole number from 8 to 4096"),
     ("guidance_scale", lambda v: _finite(v) and v >= 0, "a finite number ≥ 0"),

@@ -1,13 +1,11 @@
 """What a finished run leaves behind: a turntable of test views and a coloured mesh.
 
-The mesh comes from marching cubes on the density grid; OBJ and GLB are written by hand (no
-trimesh dependency): a GLB is a JSON chunk plus one binary buffer.
+The mesh comes from marching cubes on the density grid, at a level chosen from the grid's opacity
+histogram (or export.mesh_threshold); trimesh writes it as OBJ and GLB.
 """
 from __future__ import annotations
 
 import importlib.util
-import json
-import struct
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -76,84 +74,71 @@ def save_turntable(frames: list[np.ndarray], out_dir: str | Path, fps: int = 12)
     return paths
 
 
-@torch.no_grad()
-def extract_mesh(field, resolution: int = 128, threshold: float | None = None, chunk: int = 262_144):
-    """Marching cubes on σ over the scene box → (vertices [V,3], faces [F,3], colours [V,3] in [0,1]).
-    threshold None → 25 (≈ 1 − exp(−25·Δ) opacity per voxel at 128³), the usual NeRF-to-mesh level."""
-    from skimage.measure import marching_cubes
+MIN_OPACITY = 0.05  # a grid whose most opaque voxel is fainter than this holds no surface
+OPACITY_STEP = 1 / 64  # length (scene units) over which voxel opacity is measured: one voxel at 128³ in [-1, 1]³
 
+
+@torch.no_grad()
+def density_grid(field, resolution: int, chunk: int = 262_144) -> np.ndarray:
+    """σ sampled on a resolution³ lattice over the scene box [-bound, bound]³ (float32, ij-indexed)."""
     b = field.cfg.bound
     device = next(field.parameters()).device
     lin = torch.linspace(-b, b, resolution, device=device)
     grid = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), dim=-1).reshape(-1, 3)
     sigma = torch.cat([field.density(grid[i:i + chunk]) for i in range(0, len(grid), chunk)])
-    vol = sigma.reshape(resolution, resolution, resolution).float().cpu().numpy()
-    level = 25.0 if threshold is None else threshold
-    if not (vol.min() < level < vol.max()):
-        raise UserError(f"the density never crosses {level:g} (range {vol.min():.3g}–{vol.max():.3g}): "
-                        "the field holds no surface; train longer or pass a lower threshold")
-    verts, faces, _, _ = marching_cubes(vol, level=level, spacing=(2 * b / (resolution - 1),) * 3)
-    verts = verts - b
-    v = torch.from_numpy(verts.astype(np.float32)).to(device)
+    return sigma.reshape(resolution, resolution, resolution).float().cpu().numpy()
+
+
+def auto_threshold(sigma: np.ndarray) -> float | None:
+    """The density level of the surface, from the opacity histogram of the grid; None if it holds no surface.
+
+    Rule: map σ to the opacity of a fixed step, α = 1 − exp(−σ·OPACITY_STEP) (saturating, so a few very
+    dense voxels do not drag the level up, and independent of the mesh resolution); split the α histogram
+    into "empty" and "object" with Otsu's method (the level that best separates the two modes); return the
+    σ of that α. A fuzzy toy field whose σ never reaches the old fixed level 25 still gets a surface at its
+    own halo/core boundary. If the most opaque voxel is below MIN_OPACITY, there is nothing to mesh."""
+    from skimage.filters import threshold_otsu
+
+    alpha = -np.expm1(-np.clip(sigma, 0, None) * OPACITY_STEP)
+    if alpha.max() < MIN_OPACITY:
+        return None
+    level = float(threshold_otsu(alpha, nbins=256))
+    return float(-np.log1p(-level) / OPACITY_STEP)
+
+
+@torch.no_grad()
+def extract_mesh(field, resolution: int = 128, threshold: float | None = None, chunk: int = 262_144):
+    """Marching cubes on σ over the scene box → (vertices [V,3], faces [F,3], colours [V,3] in [0,1]).
+
+    threshold None → `auto_threshold` (Otsu on the opacity histogram); a number (export.mesh_threshold)
+    is used as it is. The grid is padded with one empty voxel on each side, so the surface is always
+    closed (watertight), even where the object touches the scene box: there it is capped on the box."""
+    from skimage.measure import marching_cubes
+
+    b = field.cfg.bound
+    device = next(field.parameters()).device
+    vol = density_grid(field, resolution, chunk)
+    level = auto_threshold(vol) if threshold is None else threshold
+    if level is None or not (vol.min() < level < vol.max()):
+        shown = "the automatic level" if level is None else f"{level:g}"
+        raise UserError(f"the density never crosses {shown} (range {vol.min():.3g}–{vol.max():.3g}): no surface; "
+                        f"train longer or pass export.mesh_threshold=<a value inside that range>")
+    step = 2 * b / (resolution - 1)
+    vol = np.pad(vol, 1, constant_values=0.0)
+    verts, faces, _, _ = marching_cubes(vol, level=level, spacing=(step,) * 3)
+    verts = np.clip(verts - b - step, -b, b).astype(np.float32)  # the padding's wall lies on the box
+    v = torch.from_numpy(verts).to(device)
     colors = torch.cat([field(v[i:i + chunk])[1] for i in range(0, len(v), chunk)]).cpu().numpy()
-    return verts.astype(np.float32), faces[:, ::-1].astype(np.uint32), colors.astype(np.float32)
+    return verts, faces[:, ::-1].astype(np.uint32), colors.astype(np.float32)
 
 
 def save_mesh(path: str | Path, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray) -> None:
+    """OBJ (vertex colours as 'v x y z r g b') or GLB (glTF 2.0 binary, COLOR_0), written by trimesh."""
+    import trimesh
+
     path = Path(path)
-    if path.suffix == ".obj":
-        _write_obj(path, vertices, faces, colors)
-    elif path.suffix == ".glb":
-        _write_glb(path, vertices, faces, colors)
-    else:
+    if path.suffix not in (".obj", ".glb"):
         raise UserError(f"unknown mesh format '{path.suffix}'; use .obj or .glb")
-
-
-def _write_obj(path: Path, v: np.ndarray, f: np.ndarray, c: np.ndarray) -> None:
-    with open(path, "w") as fh:
-        fh.write("# dreamdpo mesh: vertex colours as 'v x y z r g b'\n")
-        np.savetxt(fh, np.concatenate([v, c], axis=1), fmt="v %.6f %.6f %.6f %.4f %.4f %.4f")
-        np.savetxt(fh, f.astype(np.int64) + 1, fmt="f %d %d %d")
-
-
-def _write_glb(path: Path, v: np.ndarray, f: np.ndarray, c: np.ndarray) -> None:
-    """glTF 2.0 binary: POSITION (float32), COLOR_0 (float32 RGB), indices (uint32), one mesh."""
-    pos, col, idx = v.astype("<f4").tobytes(), c.astype("<f4").tobytes(), f.astype("<u4").tobytes()
-    views, offset = [], 0
-    for blob, target in ((pos, 34962), (col, 34962), (idx, 34963)):
-        views.append({"buffer": 0, "byteOffset": offset, "byteLength": len(blob), "target": target})
-        offset += len(blob)
-    gltf = {
-        "asset": {"version": "2.0", "generator": "dreamdpo"},
-        "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
-        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "COLOR_0": 1}, "indices": 2}]}],
-        "buffers": [{"byteLength": offset}],
-        "bufferViews": views,
-        "accessors": [
-            {"bufferView": 0, "componentType": 5126, "count": len(v), "type": "VEC3",
-             "min": v.min(0).tolist(), "max": v.max(0).tolist()},
-            {"bufferView": 1, "componentType": 5126, "count": len(c), "type": "VEC3"},
-            {"bufferView": 2, "componentType": 5125, "count": f.size, "type": "SCALAR"},
-        ],
-    }
-    js = json.dumps(gltf, separators=(",", ":")).encode()
-    js += b" " * (-len(js) % 4)
-    binary = pos + col + idx
-    binary += b"\0" * (-len(binary) % 4)
-    total = 12 + 8 + len(js) + 8 + len(binary)
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<III", 0x46546C67, 2, total))
-        fh.write(struct.pack("<II", len(js), 0x4E4F534A) + js)
-        fh.write(struct.pack("<II", len(binary), 0x004E4942) + binary)
-
-
-def read_glb(path: str | Path) -> tuple[dict, bytes]:
-    """(glTF JSON, binary buffer) of a GLB file: enough to check what save_mesh wrote."""
-    data = Path(path).read_bytes()
-    magic, version, total = struct.unpack_from("<III", data, 0)
-    if magic != 0x46546C67 or version != 2 or total != len(data):
-        raise UserError(f"{path} is not a glTF 2.0 binary file")
-    jlen, _ = struct.unpack_from("<II", data, 12)
-    gltf = json.loads(data[20:20 + jlen])
-    blen, _ = struct.unpack_from("<II", data, 20 + jlen)
-    return gltf, data[28 + jlen:28 + jlen + blen]
+    mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=np.round(colors * 255).astype(np.uint8),
+                           process=False)  # process=False: keep vertices and faces exactly as extracted
+    mesh.export(path)

@@ -168,6 +168,7 @@ class Candidates:
     seeds: tuple[int, int] = (0, 0)  # the noise seeds of members a, b (logged; regenerate the pair)
     distance: list[float] = field(default_factory=list)  # per camera group, in the log's pixel space
     draws: int = 1  # 1 + the redraws an indistinct pair needed
+    anchor: "Candidates | None" = None  # a redrawn pair's first draw, whose pull (at the step's own t) the step keeps
 
 
 def make_candidates(
@@ -191,6 +192,7 @@ def make_candidates(
     top = min(T - 1, int(T * max(cfg.schedule.t_start[1], cfg.schedule.t_end[1])))
     redraws = cfg.dpo.redraws if two else 0
     n = cfg.dpo.candidates if two and not timestep_variant else (2 if two else 1)
+    first = None
     for k in range(redraws + 1):
         if k:  # climb towards the top of the schedule in equal steps
             lift = (top - min(t_a, t_b)) * k // redraws
@@ -201,9 +203,11 @@ def make_candidates(
         if not two:
             return c
         c.draws = k + 1
+        first = first or c
         if min(c.distance) >= cfg.dpo.min_distance:
-            break
-    return c
+            c.anchor = first if k else None
+            return c
+    return first  # still indistinct: the step is what its own t gives (a tie, pull only)
 
 
 def _predict(prior, z, cams, cond, cfg, ts: tuple[int, int], seeds: list[int], one_noise: bool) -> Candidates:
@@ -266,6 +270,10 @@ def injected_gradient(
             grad[sl] = losses.sds_grad(a.eps_cfg, a.noise, a.w)
         else:
             grad[sl] = losses.preference_grad(a, b, v.winner, v.gap, v.skip, cfg.dpo)
+            if c.anchor is not None and not v.skip:  # a redrawn pair: keep the pull of the step's own t
+                m = c.anchor
+                grad[sl] += losses.sds_grad(m.eps_cfg[0, sl].float(), m.noise[0, sl].float(),
+                                            prior.weight(m.t[0, sl], z[sl]).float())
     return grad
 
 
@@ -489,7 +497,7 @@ def export_outputs(cfg: RunConfig, renderer: Renderer, nerf: NeRFField, out_dir:
         outputs["contact_sheet_png"] = Path(sheet).read_bytes()
     if cfg.export_mesh:
         try:
-            mesh = export.extract_mesh(nerf, resolution=cfg.mesh_resolution)
+            mesh = export.extract_mesh(nerf, resolution=cfg.mesh_resolution, threshold=cfg.export.mesh_threshold)
             for suffix in (".obj", ".glb"):
                 export.save_mesh(out_dir / f"mesh{suffix}", *mesh)
                 outputs[f"mesh{suffix}"] = str(out_dir / f"mesh{suffix}")

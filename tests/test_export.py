@@ -1,19 +1,50 @@
-"""Export: turntable files, contact sheet, marching-cubes mesh (radius, winding), OBJ and GLB round trips."""
+"""Export: turntable files, contact sheet, marching-cubes mesh (radius, winding, the automatic level and its
+override), OBJ and GLB round trips through trimesh."""
 from __future__ import annotations
 
-import struct
+from types import SimpleNamespace
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+import trimesh
 
+from dreamdpo.config import load_config
 from dreamdpo.errors import UserError
-from dreamdpo.export import contact_sheet, extract_mesh, read_glb, render_turntable, save_mesh, save_turntable
+from dreamdpo.export import (
+    auto_threshold,
+    contact_sheet,
+    density_grid,
+    extract_mesh,
+    render_turntable,
+    save_mesh,
+    save_turntable,
+)
 from dreamdpo.field import EnvMapBackground, FieldConfig, NeRFField
 from dreamdpo.render import RenderConfig, Renderer
 
 SMALL = FieldConfig(n_levels=4, log2_hashmap_size=12, max_resolution=64, hidden=16)
+
+
+class SphereField(torch.nn.Module):
+    """What extract_mesh reads of a NeRF field (cfg.bound, density, forward → σ and colour), with an analytic
+    σ: `peak` inside a ball of `radius`, falling off over a few hundredths like a trained field's edge."""
+
+    def __init__(self, radius: float = 0.5, peak: float = 100.0, width: float = 0.02, bound: float = 1.0):
+        super().__init__()
+        self.cfg, self.radius, self.peak, self.width = SimpleNamespace(bound=bound), radius, peak, width
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the field a device
+
+    def density(self, x):
+        return self.peak * torch.sigmoid((self.radius - x.norm(dim=-1)) / self.width)
+
+    def forward(self, x):
+        return self.density(x), (x * 0.5 + 0.5).clamp(0, 1)
+
+    def radius_at(self, level: float) -> float:
+        """Where σ = level: the sphere a correct marching cubes must find."""
+        return self.radius - self.width * float(np.log(level / (self.peak - level)))
 
 
 @pytest.fixture(scope="module")
@@ -71,34 +102,60 @@ def test_mesh_of_the_blob_is_a_closed_outward_sphere(mesh):
     assert volume > 0 and abs(volume / (4 / 3 * np.pi * np.median(radius) ** 3) - 1) < 0.1
 
 
-def test_glb_round_trip(tmp_path, mesh):
+def test_automatic_level_gives_a_closed_sphere_where_the_density_falls():
+    sphere = SphereField()
+    level = auto_threshold(density_grid(sphere, 48))
+    assert 0 < level < sphere.peak
+    v, faces, c = extract_mesh(sphere, resolution=48)
+    mesh = trimesh.Trimesh(v, faces, process=False)
+    assert mesh.is_watertight and mesh.volume > 0  # closed, normals outward
+    r = np.linalg.norm(v, axis=1)
+    assert abs(float(np.median(r)) - sphere.radius_at(level)) < 0.02 and abs(float(np.median(r)) - 0.5) < 0.05
+    assert np.allclose(c, v * 0.5 + 0.5, atol=1e-6)  # colours are the field's at each vertex
+
+
+def test_mesh_is_closed_where_the_object_touches_the_scene_box():
+    v, faces, _ = extract_mesh(SphereField(radius=1.3), resolution=24)  # the ball fills the box's corners out
+    assert trimesh.Trimesh(v, faces, process=False).is_watertight
+    assert np.abs(v).max() <= 1.0 + 1e-5  # the surface closes on the box, not beyond it
+
+
+def test_threshold_override_is_honoured():
+    sphere = SphereField()
+    for level in (10.0, 90.0):
+        v, _, _ = extract_mesh(sphere, resolution=48, threshold=level)
+        assert abs(float(np.median(np.linalg.norm(v, axis=1))) - sphere.radius_at(level)) < 0.02
+
+
+@pytest.mark.parametrize("suffix", [".glb", ".obj"])
+def test_mesh_file_loads_back_with_trimesh(tmp_path, mesh, suffix):
     v, faces, c = mesh
-    save_mesh(tmp_path / "m.glb", v, faces, c)
-    gltf, blob = read_glb(tmp_path / "m.glb")
-    acc, views = gltf["accessors"], gltf["bufferViews"]
-    assert gltf["asset"]["version"] == "2.0" and gltf["buffers"][0]["byteLength"] <= len(blob)
-    assert acc[0]["count"] == len(v) and acc[1]["count"] == len(v) and acc[2]["count"] == faces.size
-    assert (np.array(acc[0]["min"]) <= v.min(0) + 1e-6).all() and (np.array(acc[0]["max"]) >= v.max(0) - 1e-6).all()
-
-    def read(i, dtype, width):
-        view = views[acc[i]["bufferView"]]
-        return np.frombuffer(blob, dtype, acc[i]["count"] * width, view["byteOffset"]).reshape(-1, width)
-
-    assert np.array_equal(read(0, "<f4", 3), v) and np.array_equal(read(1, "<f4", 3), c)
-    assert np.array_equal(read(2, "<u4", 1).reshape(-1, 3), faces)
-    with open(tmp_path / "m.glb", "rb") as fh:  # chunks are 4-byte aligned, as the spec requires
-        _, _, total = struct.unpack("<III", fh.read(12))
-    assert total % 4 == 0
+    save_mesh(tmp_path / f"m{suffix}", v, faces, c)
+    back = trimesh.load(tmp_path / f"m{suffix}", force="mesh", process=False)
+    assert len(back.vertices) == len(v) and np.allclose(back.vertices, v, atol=1e-5)
+    assert np.array_equal(back.faces, faces)
+    assert np.allclose(back.visual.vertex_colors[:, :3] / 255.0, c, atol=0.5 / 255 + 1e-6)
 
 
-def test_obj_round_trip(tmp_path, mesh):
-    v, faces, c = mesh
-    save_mesh(tmp_path / "m.obj", v, faces, c)
-    lines = (tmp_path / "m.obj").read_text().splitlines()
-    vs = np.array([[float(t) for t in ln.split()[1:]] for ln in lines if ln.startswith("v ")])
-    fs = np.array([[int(t) for t in ln.split()[1:]] for ln in lines if ln.startswith("f ")])
-    assert np.allclose(vs[:, :3], v, atol=1e-5) and np.allclose(vs[:, 3:], c, atol=1e-4)
-    assert np.array_equal(fs - 1, faces)
+def test_config_passes_the_threshold_to_the_exported_mesh(tmp_path, blob_field):
+    from dreamdpo.optimize import export_outputs
+
+    renderer = Renderer(blob_field, EnvMapBackground(), RenderConfig(n_samples=8))
+    small = ["test_views=1", "test_resolution=8", "mesh_resolution=16", "device=cpu"]
+    cfg = load_config(None, {}, [*small, "export.mesh_threshold=5.0"])
+    outputs, _, _ = export_outputs(cfg, renderer, blob_field, tmp_path / "ok")
+    assert len(trimesh.load(outputs["mesh.glb"], force="mesh").vertices) == len(extract_mesh(blob_field, 16, 5.0)[0])
+    cfg = load_config(None, {}, [*small, "export.mesh_threshold=1000000.0"])
+    with pytest.warns(UserWarning, match=r"no mesh written: .*export\.mesh_threshold=") as w:
+        outputs, _, _ = export_outputs(cfg, renderer, blob_field, tmp_path / "none")
+    assert "mesh.glb" not in outputs and "\n" not in str(w[0].message)
+
+
+@pytest.mark.parametrize("value", ["-1", "0", ".nan", ".inf", "dense", "[1, 2]"])
+def test_bad_threshold_is_one_line_error(value):
+    with pytest.raises(UserError, match="mesh_threshold") as e:
+        load_config(None, {}, [f"export.mesh_threshold={value}"])
+    assert "\n" not in str(e.value)
 
 
 def test_bad_input_gives_one_line_errors(tmp_path, blob_field, mesh):
@@ -108,13 +165,10 @@ def test_bad_input_gives_one_line_errors(tmp_path, blob_field, mesh):
             p.zero_()
         empty.density_mlp[-1].bias.fill_(-20.0)  # σ ≈ 0 everywhere: nothing to mesh
     for field, threshold in ((empty, None), (blob_field, 1e9)):
-        with pytest.raises(UserError, match="no surface") as e:
+        with pytest.raises(UserError, match="no surface.*export.mesh_threshold=") as e:
             extract_mesh(field, resolution=16, threshold=threshold)
         assert "\n" not in str(e.value)
     with pytest.raises(UserError, match="use .obj or .glb"):
         save_mesh(tmp_path / "m.ply", *mesh)
     with pytest.raises(UserError, match="no turntable frames"):
         save_turntable([], tmp_path / "none")
-    (tmp_path / "bad.glb").write_bytes(b"not a glb file")
-    with pytest.raises(UserError, match="not a glTF"):
-        read_glb(tmp_path / "bad.glb")

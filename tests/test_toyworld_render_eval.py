@@ -72,3 +72,14 @@ def test_evaluator_checks_sides_and_empty_images():
     assert mirrored["binding_correct"] == 1
     blank = evaluate_views(torch.ones(2, 3, 64, 64), CAMS[:2], "a red cube")
     assert blank["alignment"] < 0.5
+
+
+def test_finish_quality_scores_the_truth_one_and_a_blur_or_wrong_shape_less():
+    p = "a red cube"
+    truth = render(parse_prompt(p), CAMS, 128, 128)  # test views are 128 px; the evaluator resizes
+    ev = evaluate_views(truth, CAMS, p)
+    assert ev["scene_iou"] > 0.95 and abs(ev["edge_sharpness"] - 1) < 0.1
+    blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(truth, (4,) * 4, mode="replicate"), 9, 1)
+    assert evaluate_views(blurred, CAMS, p)["edge_sharpness"] < 0.8 * ev["edge_sharpness"]
+    assert evaluate_views(render(parse_prompt("a red torus"), CAMS, 128, 128), CAMS, p)["scene_iou"] < 0.8
+    assert evaluate_views(torch.ones(2, 3, 64, 64), CAMS[:2], p)["edge_sharpness"] == 0  # no outline
