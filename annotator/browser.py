@@ -17,6 +17,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 KEYS = {"left": "ArrowLeft", "right": "ArrowRight", "tie": "t", "both_bad": "b", "skip": "s"}
 TIMEOUT_MS = 60_000
+UNTIL_S = 300.0  # `until`: only a hang takes this long, a loaded machine does not
 # runs in every page before the app: a bubbling listener on window sees a key after the app's
 # shortcut handlers (bound on document), so defaultPrevented says whether one of them took it
 _KEY_PROBE = "window.addEventListener('keydown', e => { window.__dreamdpoKeyTaken = e.defaultPrevented; });"
@@ -32,15 +33,33 @@ def launch(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
 
 
-def sign_in(browser, base: str, token: str, timeout_ms: int = TIMEOUT_MS):
-    """A fresh context (its own cookies and session) signed in with `token`; returns (context, page)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+def until(condition, what: str, timeout: float = UNTIL_S):
+    """Poll `condition` until it returns something truthy, and return that; an AssertionError naming
+    `what` after a generous time-out (only a hang reaches it, a loaded machine does not)."""
+    end = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def sign_in(browser, base: str, token: str, timeout_ms: int = TIMEOUT_MS, viewport: dict | None = None,
+            wait: bool = False):
+    """A fresh context (its own cookies and session) at `base` (the app, or one of its page URLs), with
+    `token` typed into the sign-in form; returns (context, page). With `wait`, returns once the app
+    says who is signed in (a refused token then times out: leave it off to check a refusal)."""
+    context = browser.new_context(viewport=viewport or {"width": 1280, "height": 900})
     context.set_default_timeout(timeout_ms)
     context.add_init_script(_KEY_PROBE)
     page = context.new_page()
     page.goto(base)
     page.locator("input[type=password]").fill(token)
     page.get_by_role("button", name="Sign in").click()
+    if wait:
+        page.get_by_text(re.compile(r"^Signed in as")).wait_for()
     return context, page
 
 

@@ -130,3 +130,19 @@ def engine(log_url):
     yield eng
     db_engine._ENGINES.pop(log_url, None)
     eng.dispose()
+
+
+# ----------------------------------------------------------------------------- the app's log
+@pytest.fixture()
+def log(tmp_path, monkeypatch):
+    """A fresh SQLite log the app opens ($DREAMDPO_DB) with an annotator `ann` and an admin `root`:
+    (engine, url, tokens by name, users by name). test_roles adds a third person on top."""
+    from db import accounts
+    from db.engine import connect
+
+    url = f"sqlite:///{tmp_path / 'log.sqlite'}"
+    monkeypatch.setenv("DREAMDPO_DB", url)
+    engine = connect(url)
+    tokens = {n: accounts.add_annotator(engine, n, admin=n == "root") for n in ("ann", "root")}
+    users = {n: accounts.authenticate(engine, t) for n, t in tokens.items()}
+    return engine, url, tokens, users

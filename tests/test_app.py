@@ -9,7 +9,6 @@ from sqlalchemy.orm import Session
 from streamlit.testing.v1 import AppTest
 
 from db import accounts, queue
-from db.engine import connect
 from db.models import Pair, Vote
 from dreamdpo.images import png_bytes
 
@@ -22,16 +21,6 @@ def png(value: int) -> bytes:
     import numpy as np
 
     return png_bytes(np.full((8, 16, 3), value, dtype=np.uint8))
-
-
-@pytest.fixture
-def log(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'log.sqlite'}"
-    monkeypatch.setenv("DREAMDPO_DB", url)
-    engine = connect(url)
-    tokens = {"ann": accounts.add_annotator(engine, "ann"), "root": accounts.add_annotator(engine, "root", admin=True)}
-    users = {n: accounts.authenticate(engine, t) for n, t in tokens.items()}
-    return engine, url, tokens, users
 
 
 def page(module: str, url: str, user: dict):

@@ -5,14 +5,13 @@ wait polls a condition with a generous time-out."""
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from annotator.browser import free_port, wait_empty, wait_pair
+from annotator.browser import free_port, sign_in, until, wait_empty, wait_pair
 from db import accounts, queue
 from db.engine import connect
 from db.models import Pair, Vote
@@ -31,17 +30,6 @@ def views(seed: int, n: int = 4, side: int = 64) -> bytes:
     """A candidate as the log stores it: n square views side by side."""
     rng = np.random.default_rng(seed)
     return png_bytes(rng.integers(0, 255, (side, n * side, 3), dtype=np.uint8))
-
-
-def until(condition, what: str, timeout: float = TIMEOUT_S):
-    end = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} within {timeout:.0f} s")
-        time.sleep(0.05)
 
 
 def serve(tmp_path, env: dict | None = None):
@@ -64,12 +52,8 @@ def app(tmp_path):
 
 
 def open_page(browser, base: str, token: str):
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(TIMEOUT_S * 1000)
-    page = context.new_page()
-    page.goto(base)
-    page.locator("input[type=password]").fill(token)
-    page.get_by_role("button", name="Sign in").click()
+    """Signed in at a 1366×768 laptop screen, on the Annotate page."""
+    context, page = sign_in(browser, base, token, TIMEOUT_S * 1000, viewport=VIEWPORT, wait=True)
     page.get_by_role("heading", name="Annotate").wait_for()
     return context, page
 

@@ -6,14 +6,13 @@ The app runs as `dreamdpo annotate` runs it (a Streamlit child process on the sa
 from __future__ import annotations
 
 import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from annotator.browser import free_port, press, sign_in, wait_empty, wait_pair
+from annotator.browser import free_port, press, sign_in, until, wait_empty, wait_pair
 from db import accounts, queue
 from db.engine import connect
 from db.models import Claim, Pair, Vote, utcnow
@@ -45,18 +44,6 @@ def server(browser, tmp_path):
     finally:
         stop_app(proc)  # the app's whole process group
         engine.dispose()
-
-
-def until(condition, what: str, timeout: float = TIMEOUT_S):
-    """Poll `condition` until it returns something truthy; fail after a generous time-out."""
-    end = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} within {timeout:.0f} s")
-        time.sleep(0.05)
 
 
 def annotator(engine, name: str) -> tuple[str, int]:

@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
+from annotator.browser import CHROMIUM, free_port, sign_in, until
 from db import accounts, qc, queue
 from db.engine import connect
 from db.errors import AccountInactive, LogError
@@ -37,13 +38,12 @@ def png(value: int) -> bytes:
 
 
 @pytest.fixture
-def log(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'log.sqlite'}"
-    monkeypatch.setenv("DREAMDPO_DB", url)
-    engine = connect(url)
-    tokens = {n: accounts.add_annotator(engine, n, admin=n == "root") for n in ("ann", "root", SECRET)}
-    users = {n: accounts.authenticate(engine, t) for n, t in tokens.items()}
-    return engine, url, tokens, users
+def log(log):
+    """conftest's log (ann, root) and another annotator, SECRET."""
+    engine, url, tokens, users = log
+    tokens[SECRET] = accounts.add_annotator(engine, SECRET)
+    users[SECRET] = accounts.authenticate(engine, tokens[SECRET])
+    return log
 
 
 def render(module: str, url: str, user: dict) -> AppTest:
@@ -245,9 +245,6 @@ def test_the_admin_page_reactivates_an_account(log):
 
 
 # ----------------------------------------------------------------------------- a real browser
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -255,33 +252,19 @@ def served(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip("needs Debian chromium at /usr/bin/chromium (make system-deps)")
     pytest.importorskip("playwright")
-    import socket
-
     from dreamdpo.commands.annotate import start_app, stop_app, wait_ready
 
     url = f"sqlite:///{tmp_path_factory.mktemp('roles') / 'log.sqlite'}"
     engine = connect(url)
     tokens = {n: accounts.add_annotator(engine, n, admin=n == "root") for n in ("ann", "root")}
     queue.create_run(engine, MARKDOWN, backbone=MARKDOWN, status="running")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = start_app(url, port)
     try:
         wait_ready(proc, port, timeout=180)
         yield f"http://127.0.0.1:{port}", tokens
     finally:
         stop_app(proc)
-
-
-def open_signed_in(browser, url: str, token: str):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.goto(url, timeout=120_000)
-    page.locator("input[type=password]").fill(token)
-    page.get_by_role("button", name="Sign in").click()
-    page.get_by_text(re.compile(r"^Signed in as")).wait_for(timeout=60_000)
-    return context, page
 
 
 def nav_links(page) -> set[str]:
@@ -299,19 +282,10 @@ def go(page, path: str) -> None:
                   "window.dispatchEvent(new PopStateEvent('popstate'))")
 
 
-def wait_until(condition, timeout: float = 60.0) -> None:
-    import time
-
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.1)
-
-
 @pytest.mark.browser
 def test_admin_pages_are_not_in_an_annotators_navigation_and_their_urls_lead_nowhere(served, browser):
     base, tokens = served
-    context, page = open_signed_in(browser, f"{base}/audit", tokens["ann"])  # a fresh load of an admin URL
+    context, page = sign_in(browser, f"{base}/audit", tokens["ann"], 120_000, wait=True)  # a fresh load of an admin URL
     try:
         heading(page, "Annotate").wait_for(timeout=60_000)
         assert nav_links(page) == {"Annotate", "Runs"}
@@ -322,7 +296,7 @@ def test_admin_pages_are_not_in_an_annotators_navigation_and_their_urls_lead_now
             for _ in range(30):  # a popstate that lands during a rerun can be dropped: ask again
                 go(page, path)
                 try:
-                    wait_until(sent_back, timeout=2.0)
+                    until(sent_back, f"not sent back from /{path}", timeout=2.0)
                     break
                 except AssertionError:
                     assert heading(page, path.capitalize()).count() == 0
@@ -336,7 +310,7 @@ def test_admin_pages_are_not_in_an_annotators_navigation_and_their_urls_lead_now
 @pytest.mark.browser
 def test_admins_reach_the_same_urls(served, browser):
     base, tokens = served
-    context, page = open_signed_in(browser, base, tokens["root"])
+    context, page = sign_in(browser, base, tokens["root"], 120_000, wait=True)
     try:
         assert nav_links(page) == {"Annotate", "Runs", "Audit", "Export", "Admin"}
         for path in ("audit", "export", "admin"):
@@ -349,7 +323,7 @@ def test_admins_reach_the_same_urls(served, browser):
 @pytest.mark.browser
 def test_a_markdown_link_from_the_log_is_not_a_link(served, browser):
     base, tokens = served
-    context, page = open_signed_in(browser, base, tokens["ann"])
+    context, page = sign_in(browser, base, tokens["ann"], 120_000, wait=True)
     try:
         page.locator("[data-testid=stSidebarNav] a", has_text="Runs").click()
         page.get_by_text(MARKDOWN).first.wait_for(timeout=60_000)
