@@ -14,8 +14,12 @@ def toy_defaults() -> dict:
         "guidance_scale": 7.5,
         "background": "solid",  # the bank's renders are on white
         "test_views": 16,
-        "test_resolution": 64,
-        "export_mesh": False,
+        # 128 px so that people and the evaluator see edges (the evaluator area-resizes to its 64 px);
+        # the mesh at 64³ is enough for a plain primitive. Measured costs: bench/BENCHMARKS.md, "A crisp
+        # finished object"
+        "test_resolution": 128,
+        "export_mesh": True,
+        "mesh_resolution": 64,
         "checkpoint_every": 100,
         # CPU-sized field: 64×64 renders of plain primitives need no 4096³ detail (measured: the paper's
         # 16-level 2^19 grid with 64 samples and orientation normals costs ~10 s/step on 2 cores)
