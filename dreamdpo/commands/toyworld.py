@@ -23,16 +23,22 @@ def add_commands(sub) -> None:
     t.add_argument("--minutes", type=float, default=10.0, help="safety cap: stop early after this long")
     t.set_defaults(handler=train_reward_command)
 
-    c = tw.add_parser("compare", help="SDS vs DreamDPO (τ ablation, timestep variant) on toy prompts; "
-                                      "prints the evaluator's alignment table",
+    c = tw.add_parser("compare", help="SDS vs DreamDPO (τ ablation, timestep and N-candidate variants) on the toy "
+                                      "prompt suite; writes the table (mean, 95 %% bootstrap CI per prompt group) "
+                                      "and a picture of the turntables",
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    c.add_argument("--prompts", nargs="+", help="prompts (default: a fixed single- and two-object set)")
-    c.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per prompt and method")
+    c.add_argument("--prompts", nargs="+", help="prompts (default: the fixed suite, dreamdpo/toyworld/compare.py)")
+    c.add_argument("--groups", nargs="+", choices=["single", "two", "relation"],
+                   help="only the suite's prompts of these groups (default: all)")
+    c.add_argument("--seeds", type=int, default=2, help="number of seeds per prompt and method")
+    c.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     c.add_argument("--steps", type=int, help="optimization steps per run (default: the toy default)")
     c.add_argument("--methods", nargs="+", help="subset of the methods (default: all)")
-    c.add_argument("--out", default="outputs/compare-toy")
+    c.add_argument("--test-views", type=int, default=8, help="turntable views per run that the evaluator scores")
+    c.add_argument("--out", default="outputs/compare-toy", help="runs, table.md, grid.png and rows.json go here")
     c.add_argument("--workers", type=int, default=1, help="parallel runs (processes of one thread each)")
     c.add_argument("--device", default="cpu")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--json", help="also write the per-run rows to this JSON file")
     c.add_argument("overrides", nargs="*", metavar="key=value", help="RunConfig overrides for every run")
     c.set_defaults(handler=compare_command)
@@ -62,12 +68,16 @@ def compare_command(args) -> int:
     import json
     from pathlib import Path
 
-    from dreamdpo.toyworld.compare import PROMPTS, run_comparison, table
+    from dreamdpo.toyworld.compare import report, run_comparison, suite, table
 
-    rows = run_comparison(prompts=args.prompts or PROMPTS, seeds=list(range(args.seeds)), steps=args.steps,
-                          methods=args.methods, out_dir=args.out, overrides=args.overrides,
-                          workers=args.workers, device=args.device)
+    rows = run_comparison(prompts=args.prompts or suite(args.groups),
+                          seeds=list(range(args.first_seed, args.first_seed + args.seeds)), steps=args.steps,
+                          methods=args.methods, out_dir=args.out, test_views=args.test_views,
+                          overrides=args.overrides, workers=args.workers, device=args.device,
+                          progress=not args.no_progress)
+    paths = report(rows, args.out)
     print(table(rows))
+    print(f"table: {paths['table']}\npicture: {paths['grid']}\nruns: {paths['rows']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps(rows, indent=2, ensure_ascii=False))
     return 0
