@@ -34,7 +34,8 @@ METHODS = {
 }
 
 
-def run_one(method: str, taste: str, seed: int, prompt: str, steps: int, think: float, work: Path) -> dict:
+def run_one(method: str, taste: str, seed: int, prompt: str, steps: int, think: float, work: Path,
+            overrides: list[str] = ()) -> dict:
     from annotator.simulated import annotate
     from db import accounts
     from db.engine import connect
@@ -48,7 +49,7 @@ def run_one(method: str, taste: str, seed: int, prompt: str, steps: int, think: 
     engine = connect(log)
     who = accounts.authenticate(engine, accounts.add_annotator(engine, f"sim-{method}-{taste}-{seed}"))["id"]
     cmd = [sys.executable, "-m", "dreamdpo.cli", "run", "--prompt", prompt, "--seed", str(seed), "--steps", str(steps),
-           "--db", log, "--out", str(out), "--quiet", *METHODS[method], "test_views=8"]
+           "--db", log, "--out", str(out), "--quiet", *METHODS[method], "test_views=8", *overrides]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     result: dict = {}
@@ -80,6 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompt", default="a cube")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--think", type=float, default=1.0, help="seconds the simulated person looks at a pair")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     p.add_argument("--json")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -88,7 +90,8 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             for taste in args.tastes:
                 for m in args.methods:
-                    rows.append(run_one(m, taste, seed, args.prompt, args.steps, args.think, Path(tmp)))
+                    rows.append(run_one(m, taste, seed, args.prompt, args.steps, args.think, Path(tmp),
+                                        args.set))
                     print(json.dumps(rows[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
@@ -96,7 +99,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     for m in args.methods:
         rs = [r for r in rows if r["method"] == m]
-        mean = lambda k: sum((r.get(k) or 0) for r in rs) / len(rs)  # noqa: E731
+        def mean(k: str, rs: list[dict] = rs) -> float:
+            return sum((r.get(k) or 0) for r in rs) / len(rs)
         print(f"| {m} | {mean('share'):.2f} | {mean('shape_ok'):.2f} | {mean('votes'):.0f} | "
               f"{max((r.get('idle_s_p95') or 0) for r in rs):.2f} | {mean('wall_s'):.0f} |")
     return 0

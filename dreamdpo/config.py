@@ -18,13 +18,12 @@ import yaml
 from dreamdpo.cameras import CameraConfig
 from dreamdpo.errors import UserError
 from dreamdpo.field import FieldConfig
-from dreamdpo.judges.human import HumanPolicy
-from dreamdpo.losses import DPOConfig
-from dreamdpo.render import RenderConfig
-
 from dreamdpo.judges import check_spec as check_judge_spec
 from dreamdpo.judges import slug as judge_slug
+from dreamdpo.judges.human import HumanPolicy
 from dreamdpo.judges.lmm import LMMConfig
+from dreamdpo.losses import DPOConfig
+from dreamdpo.render import RenderConfig
 
 
 @dataclass

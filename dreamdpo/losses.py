@@ -132,7 +132,8 @@ def _ramp(step: int, start: int, end: int, a: float, b: float) -> float:
 def orientation_weight(
     step: int, ramp: tuple[int, int] = (0, 5000), weights: tuple[float, float] = (10.0, 1000.0)
 ) -> float:
-    """Orientation-loss weight, linear from weights[0] at ramp[0] to weights[1] at ramp[1] (docs/method.md, "Defaults and why")."""
+    """Orientation-loss weight, linear from weights[0] at ramp[0] to weights[1] at ramp[1]
+    (docs/method.md, "Defaults and why")."""
     return _ramp(step, ramp[0], ramp[1], weights[0], weights[1])
 
 

@@ -168,7 +168,7 @@ class Candidates:
     seeds: tuple[int, int] = (0, 0)  # the noise seeds of members a, b (logged; regenerate the pair)
     distance: list[float] = field(default_factory=list)  # per camera group, in the log's pixel space
     draws: int = 1  # 1 + the redraws an indistinct pair needed
-    anchor: "Candidates | None" = None  # a redrawn pair's first draw, whose pull (at the step's own t) the step keeps
+    anchor: Candidates | None = None  # a redrawn pair's first draw, whose pull (at the step's own t) the step keeps
 
 
 def make_candidates(

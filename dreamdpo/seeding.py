@@ -21,7 +21,6 @@ class Stream(IntEnum):
     OCCUPANCY = 5  # the occupancy grid's random sample points
     AUDIT = 6  # does people see this model-judged step as an audit pair
     QC = 7  # which quality-control pairs follow a live pair
-    REDRAW = 8  # timesteps of a pair redrawn because its candidates were indistinct
     NOISE_MORE = 9  # the noises of candidates beyond the pair (dpo.candidates > 2)
 
 

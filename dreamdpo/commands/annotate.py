@@ -40,9 +40,16 @@ def add_commands(sub) -> None:
                         f"(default: the current demo run's prompt, else {DEMO_PROMPT!r})")
     d.add_argument("--fresh", action="store_true", help="start a new demo run even if the last one can be resumed")
     d.add_argument("--steps", type=int, default=300, help="optimization steps")
-    d.add_argument("--every-k", type=int, default=10, help="people judge every k-th step, the toy reward the rest")
+    d.add_argument("--mode", choices=("async", "blocking"), default="async",
+                   help="async: the run never waits; a model learned from people's votes judges every step and "
+                        "people see the pairs it is unsure of (it steered the steerability benchmark with 30 votes); "
+                        "blocking: the run waits for people at every k-th step")
+    d.add_argument("--max-pairs", type=int, default=30, help="async: pairs shown to people per run, at most")
+    d.add_argument("--every-k", type=int, default=10,
+                   help="blocking: people judge every k-th step, the toy reward the rest")
     d.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds a pair waits for people before the toy reward decides it")
+                   help="seconds a pair waits for people: blocking, before the toy reward decides it; "
+                        "async, before it expires unvoted")
     d.add_argument("--audit-rate", type=float, default=0.1,
                    help="share of the toy reward's steps also shown to people, so the Audit page can compare them")
     d.add_argument("--db", default=argparse.SUPPRESS,
@@ -186,9 +193,19 @@ def demo_config(args, out: Path, prompt: str):
 
     flags = {"prompt": prompt, "backbone": "toy", "judge": "human", "steps": args.steps, "out": str(out),
              "device": "cpu", "export_mesh": True, "mesh_resolution": 64, "checkpoint_every": 10}
-    overrides = [f"human.every_k={args.every_k}", f"human.timeout_s={args.timeout}", "human.fallback=model",
-                 f"human.audit_rate={args.audit_rate}", "assist_judge=toy-reward"]
+    overrides = [f"human.mode={args.mode}", f"human.max_pairs={args.max_pairs}", f"human.every_k={args.every_k}",
+                 f"human.timeout_s={args.timeout}", "human.fallback=model", f"human.audit_rate={args.audit_rate}",
+                 "assist_judge=toy-reward"]
     return load_config(flags=flags, overrides=overrides)
+
+
+def demo_mode_line(h) -> str:
+    """What people's votes do in this demo run, in one line."""
+    if h.mode == "async":
+        return (f"the run never waits: a model learned from your votes judges every step, and up to {h.max_pairs} "
+                f"pairs it is unsure of are shown to people")
+    return (f"people judge every {h.every_k}th step (the toy reward after {h.timeout_s:.0f} s without a vote, and on "
+            f"the other steps; {h.audit_rate:.0%} of those are also shown to people for the Audit page)")
 
 
 CURRENT = "demo-current"  # in the data dir: the output directory of the demo run `dreamdpo demo` resumes
@@ -258,9 +275,7 @@ def demo_command(args) -> int:
                   f"`dreamdpo demo --prompt \"another prompt\"`. Ctrl-C stops the app.", flush=True)
             return keep_open(proc)
         print(f"{f'resuming run {recorder.run_id}' if resume else 'starting a run'}: {cfg.prompt!r}, "
-              f"{cfg.steps} steps; people judge every {cfg.human.every_k}th step (the toy reward after "
-              f"{cfg.human.timeout_s:.0f} s without a vote, and on the other steps; "
-              f"{cfg.human.audit_rate:.0%} of those are also shown to people for the Audit page)", flush=True)
+              f"{cfg.steps} steps; {demo_mode_line(cfg.human)}", flush=True)
         prepare_toy_world(preparing, progress=not args.quiet)
         result = optimize(cfg, judge=judge, recorder=recorder, resume=resume, progress=not args.quiet)
         print(f"{result.status}: {result.steps_done} steps of run {recorder.run_id}; outputs in {result.out_dir}")

@@ -73,7 +73,7 @@ class Judge(ABC):
         """[V,3,H,W] → [V,D] image features, for a preference model learned on top of this judge."""
         raise NotImplementedError(f"the {self.name} judge has no image features to learn people's taste on")
 
-    def end_of_run(self, run_id: int | None) -> None:
+    def end_of_run(self, run_id: int | None) -> None:  # noqa: B027 (optional hook; most judges need nothing)
         """Called once after the last step, before the final checkpoint: a judge that waits on
         people closes what it still has open."""
 
@@ -81,5 +81,5 @@ class Judge(ABC):
         """What a judge learns during a run (saved in the checkpoint, so --resume continues it)."""
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027 (optional hook)
         pass

@@ -236,7 +236,7 @@ class HPSv2Scorer:
     @classmethod
     def from_pretrained(cls, checkpoint_path: str | None = None, *, tokenizer: str | None = None,
                         device=None, dtype=None, vision_head_width: int = 80,
-                        text_head_width: int = 64) -> "HPSv2Scorer":
+                        text_head_width: int = 64) -> HPSv2Scorer:
         """checkpoint_path: HPS_v2*.pt, or a folder holding it (and optionally the tokenizer files);
         None → the file cached from the hub repo xswu/HPSv2. tokenizer: a CLIP tokenizer folder or
         cached hub id (default laion/CLIP-ViT-H-14-laion2B-s32B-b79K)."""
@@ -389,7 +389,7 @@ class ImageRewardScorer:
     @classmethod
     def from_pretrained(cls, path_or_name: str = "ImageReward-v1.0", *, med_config: str | None = None,
                         tokenizer: str | None = None, download_root: str | None = None, device=None, dtype=None,
-                        vision_num_heads: int | None = None) -> "ImageRewardScorer":
+                        vision_num_heads: int | None = None) -> ImageRewardScorer:
         """path_or_name: 'ImageReward-v1.0' (looked up in download_root or ~/.cache/ImageReward, where the
         package keeps it, then in the Hugging Face cache of THUDM/ImageReward), a folder holding
         ImageReward.pt and med_config.json, or the .pt file itself. tokenizer: a bert-base-uncased folder or
@@ -403,7 +403,8 @@ class ImageRewardScorer:
             raise UserError(f"cannot read ImageReward's med_config at {med_path} ({type(e).__name__})") from None
         vision_sd, text_sd, head_sd = blip_to_hf(_torch_load(ckpt, "ImageReward"))
         if not vision_sd or not text_sd or not head_sd:
-            raise UserError(f"{ckpt} is not an ImageReward checkpoint (needs blip.visual_encoder, blip.text_encoder, mlp)")
+            raise UserError(f"{ckpt} is not an ImageReward checkpoint "
+                            "(needs blip.visual_encoder, blip.text_encoder, mlp)")
         vision = BlipVisionModel(blip_vision_config(vision_sd, vision_num_heads))
         text = BlipTextModel(blip_text_config(med, vision.config.hidden_size), add_pooling_layer=False)
         head = RewardHead(med["hidden_size"])

@@ -25,10 +25,17 @@ def toy_defaults() -> dict:
         # 16-level 2^19 grid with 64 samples and orientation normals costs ~10 s/step on 2 cores)
         "field": {"n_levels": 8, "log2_hashmap_size": 15, "max_resolution": 256, "hidden": 32},
         "render": {"n_samples": 32},
+        # τ in the toy reward's units (cosine similarity): with the paper's 0.001 (HPSv2 units) 82 % of the
+        # steps pushed and "a red cube" lost its shape (shape 0.5); 0.01 → 0.75, 0.02 → 0.875, 0.05 → 1.0,
+        # as SDS (bench/BENCHMARKS.md, "Steerability"). A person's clear vote (gap 1) pushes whatever τ.
+        "dpo": {"tau": 0.05},
         "schedule": {
             # analytic normals need a double backward (5 s/step on CPU); the toy run goes without
             "orientation_weights": [0.0, 0.0],
-            "t_start": [0.02, 0.98],
+            # the paper's schedule: every t high at first (the colour is decided there, where two noises give
+            # visibly different candidates), then lower; starting with low t locked the colour in before any
+            # preference could move it (bench/BENCHMARKS.md, "Steerability")
+            "t_start": [0.98, 0.98],
             "t_end": [0.02, 0.5],
             "t_anneal_steps": 300,
             "resolution": 64,

@@ -105,7 +105,7 @@ class ToyPrior(DiffusionPrior):
 
     @classmethod
     def build(cls, device="cpu", cache_dir=None, seed: int = 0, progress: bool = True,
-              k_cameras: int = 4, camera_sigma: float = 15.0, temperature: float = 1.0, **bank_opts) -> "ToyPrior":
+              k_cameras: int = 4, camera_sigma: float = 15.0, temperature: float = 1.0, **bank_opts) -> ToyPrior:
         bank = build_bank(BankConfig(seed=seed, **bank_opts), cache=cache_dir, progress=progress)
         return cls(bank, device, k_cameras=k_cameras, camera_sigma=camera_sigma, temperature=temperature)
 

@@ -77,7 +77,8 @@ class TasteJudge(Judge):
     def __init__(self, taste: Taste):
         self.taste = taste
 
-    def compare(self, images_a: Tensor, images_b: Tensor, prompt: str, context: JudgeContext | None = None) -> Judgement:
+    def compare(self, images_a: Tensor, images_b: Tensor, prompt: str,
+                context: JudgeContext | None = None) -> Judgement:
         cams = Cameras.from_dicts(context.cameras) if context is not None and context.cameras else None
         choice = self.taste.choose(images_a, images_b, cams)
         return Judgement(winner=choice, gap=0.0 if choice == "tie" else 1.0, judge=self.name,  # type: ignore[arg-type]
