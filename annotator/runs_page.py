@@ -2,7 +2,9 @@
 ends, so `dreamdpo annotate` on the same log shows finished runs), one chart per quantity on its
 own axis (loss, gap, the learned model's agreement with people, who decided the steps), and the
 steps waiting on people. Admins may pause, resume or cancel a run (the loop polls its status);
-cancelling asks for a confirmation first."""
+cancelling asks for a confirmation first. A run whose process stopped without saying so (kill -9, a
+lost machine) reads as 'stalled' (db/liveness.py) and says how to continue it; its waiting pairs can
+still be voted on, and the votes are used when it is resumed."""
 from __future__ import annotations
 
 import pandas as pd
@@ -10,9 +12,9 @@ import streamlit as st
 
 from annotator import instructions
 from annotator.plain import md
-from db import feedback, queue
+from db import feedback, liveness, queue
 
-LIVE = ("pending", "running", "paused")
+LIVE = ("pending", "running", "stalled", "paused")
 BINS = 20  # the share of steps each source decided is shown over at most this many windows of steps
 CHARTS = (("loss", "Loss"), ("gap", "Gap between the candidates (0–1)"),
           ("agreement", "Learned model's agreement with people (leave-one-out)"))
@@ -73,10 +75,32 @@ def controls(engine, run: dict) -> None:
         st.rerun()
 
 
+def stalled_note(run: dict, now=None) -> str | None:
+    """What a stalled run's header says, and what to do (None for any other run)."""
+    if run["status"] != liveness.STALLED:
+        return None
+    minutes = int((liveness.silent_for(run, now) or 0.0) // 60)
+    return (f"stalled (no sign of life for {minutes} min): the run's process has stopped (killed, machine lost, "
+            "log unreachable) and its status still says running. Continue it on the machine it ran on with "
+            "`dreamdpo run ... --resume` (its own --out, --db and prompt), or cancel it. Its waiting pairs "
+            "can still be voted on: the votes are used when it resumes.")
+
+
+def resume_command(run: dict) -> str:
+    """The command that continues the run: its folder's config.yaml holds every key it was started with."""
+    out = (run.get("config") or {}).get("out") or "OUT"
+    return f"dreamdpo run --config {out}/config.yaml --resume --db LOG"
+
+
 def show_run(engine, run: dict, waiting: int, admin: bool) -> None:
     metrics = run.get("metrics") or {}
     history = metrics.get("history") or []
     st.subheader(f"Run {int(run['id'])} · {md(run['status'])} · step {int(run['step'])}")
+    if (note := stalled_note(run)) is not None:
+        st.warning(note)
+        if admin:
+            st.code(resume_command(run), language="bash")  # a code block: plain text, never markdown
+            st.caption("OUT: the run's --out folder; LOG: the --db it was started with (this app's log).")
     st.text(run["prompt"])  # text from the log is plain text, never markdown
     st.text(f"backbone {run['backbone'] or '?'} · judge {(run.get('judge_policy') or {}).get('judge', '?')} · "
             f"steps waiting on people: {waiting}")

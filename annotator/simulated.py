@@ -31,7 +31,9 @@ def annotate(engine, annotator_id: int, taste, *, run_id: int | None = None, thi
         if claim is None or (run_id is not None and claim["run_id"] != run_id):
             if claim is not None:
                 queue.release(engine, claim["pair_id"], annotator_id)
-            if run_id is not None and (queue.get_run(engine, run_id) or {}).get("status") not in ("running", "pending"):
+            # the stored status: a stalled run's live pairs are still voted on (used when it resumes)
+            stored = (queue.get_run(engine, run_id) or {}).get("stored_status") if run_id is not None else None
+            if run_id is not None and stored not in ("running", "pending"):
                 break
             time.sleep(poll_s)
             continue

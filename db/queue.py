@@ -30,6 +30,7 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from db import liveness
 from db.consensus import outcome
 from db.errors import AccountInactive, LogError, RunCancelled
 from db.models import (
@@ -104,19 +105,29 @@ def create_run(engine, prompt: str, question: str | None = None, config: dict | 
         return run.id
 
 
-def get_run(engine, run_id: int) -> dict | None:
-    """The run's row (a read: never waits for the write lock)."""
+def get_run(engine, run_id: int, now: datetime | None = None, stalled_after_s: float | None = None) -> dict | None:
+    """The run's row (a read: never waits for the write lock). A 'running' run that has shown no
+    sign of life for stalled_after_s reads as status 'stalled' (db/liveness.py; stored status in
+    'stored_status', which is never rewritten)."""
     with _read(engine) as conn:
         row = conn.execute(sa.select(Run.__table__).where(Run.id == run_id)).mappings().first()
-    return None if row is None else dict(row)
+    return None if row is None else liveness.shown(dict(row), now or utcnow(), stalled_after_s)
 
 
-def list_runs(engine, status: str | None = None) -> list[dict]:
+def list_runs(engine, status: str | None = None, now: datetime | None = None,
+              stalled_after_s: float | None = None) -> list[dict]:
+    """Every run, oldest first, read as get_run reads one. `status` filters on the status as read:
+    'stalled' gives the stalled runs, 'running' the running ones that are not stalled."""
+    now = now or utcnow()
     stmt = sa.select(Run.__table__).order_by(Run.id)
-    if status is not None:
+    if status == liveness.STALLED:
+        stmt = stmt.where(liveness.stalled_clause(now, stalled_after_s))
+    elif status is not None:
         stmt = stmt.where(Run.status == status)
+        if status == "running":
+            stmt = stmt.where(~liveness.stalled_clause(now, stalled_after_s))
     with _read(engine) as conn:
-        return [dict(r) for r in conn.execute(stmt).mappings()]
+        return [liveness.shown(dict(r), now, stalled_after_s) for r in conn.execute(stmt).mappings()]
 
 
 def set_run_config(engine, run_id: int, key: str, value) -> None:
@@ -139,8 +150,10 @@ def _check_status(status: str) -> None:
 
 
 def set_run_status(engine, run_id: int, status: str | None, step: int | None = None,
-                   metrics: dict | None = None) -> None:
-    """Change status (None keeps it), step and metrics of a run. A cancelled run stays cancelled."""
+                   metrics: dict | None = None, heartbeat: bool = False) -> None:
+    """Change status (None keeps it), step and metrics of a run. A cancelled run stays cancelled.
+    heartbeat=True (the optimizer itself, never the app) also records a sign of life in the same
+    UPDATE (runs.heartbeat_at; db/liveness.py)."""
     if status is not None:
         _check_status(status)
     with Session(engine) as s, s.begin():
@@ -154,8 +167,19 @@ def set_run_status(engine, run_id: int, status: str | None, step: int | None = N
         if metrics is not None:
             run.metrics = metrics
         run.updated_at = utcnow()
+        if heartbeat:
+            run.heartbeat_at = run.updated_at
         if status == "cancelled":
             _cancel_pending(s, run_id)
+
+
+def beat(engine, run_id: int | None = None, pair_id: int | None = None) -> None:
+    """A sign of life of the run (or of the run a pair belongs to) without a step: one UPDATE of
+    runs.heartbeat_at (db/liveness.py). Only the optimizer's process calls it."""
+    target = Run.id == run_id if pair_id is None else Run.id == sa.select(Pair.run_id).where(
+        Pair.id == pair_id).scalar_subquery()
+    with Session(engine) as s, s.begin():
+        s.execute(sa.update(Run).where(target).values(heartbeat_at=utcnow()))
 
 
 def _cancel_pending(s: Session, run_id: int) -> None:
@@ -530,13 +554,17 @@ def get_decision(engine, pair_id: int) -> dict | None:
 
 
 def wait_for_decision(engine, pair_id: int, timeout: float, poll: float = 0.05,
-                      cancelled=None, check_every: float = 0.5) -> dict | None:
+                      cancelled=None, check_every: float = 0.5,
+                      beat_every: float | None = liveness.BEAT_EVERY_S) -> dict | None:
     """Poll for the decision (short read transactions). On timeout the pair is marked expired so
     that late votes are refused, and None is returned (unless the decision landed meanwhile).
     `cancelled()`, asked every `check_every` seconds, ends the wait early with None (pair left as is).
+    Every `beat_every` seconds of waiting (None: never) the pair's run beats (`beat`), so that a run
+    waiting for people is not read as stalled (db/liveness.py).
     An interrupt (Ctrl-C) expires the pair before it propagates: nobody votes on it for nothing."""
     end = time.monotonic() + timeout
     next_check = time.monotonic() + check_every
+    next_beat = None if beat_every is None else time.monotonic() + beat_every
     try:
         while True:
             d = get_decision(engine, pair_id)
@@ -544,6 +572,9 @@ def wait_for_decision(engine, pair_id: int, timeout: float, poll: float = 0.05,
                 return d
             if time.monotonic() >= end:
                 break
+            if next_beat is not None and time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + beat_every
+                beat(engine, pair_id=pair_id)
             if cancelled is not None and time.monotonic() >= next_check:
                 next_check = time.monotonic() + check_every
                 if cancelled():

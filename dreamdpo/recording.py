@@ -5,6 +5,7 @@ a ListRecorder; a bare run uses the no-op base class. This keeps torch code free
 """
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,7 @@ class DbRecorder(Recorder):
         self.outage_s = outage_s
         self._history: list[dict] = []
         self._extra: dict[str, Any] = {}
+        self._last_beat = float("-inf")  # time.monotonic() of the last heartbeat written (db/liveness.py)
 
     def _retry(self, fn):
         """Every write survives a log outage of up to outage_s (back-off); a transient error never ends a run."""
@@ -94,7 +96,8 @@ class DbRecorder(Recorder):
                                 "run was started with (--db, --prompt), or start a new run with another --out")
             self._history = list((run.get("metrics") or {}).get("history", []))
             self._extra = {k: v for k, v in (run.get("metrics") or {}).items() if k != "history"}
-        queue.set_run_status(self.engine, self.run_id, "running")
+        queue.set_run_status(self.engine, self.run_id, "running", heartbeat=True)
+        self._last_beat = time.monotonic()
 
     def record(self, judgement, images_a, images_b, context):
         return self._retry(lambda: self._record(judgement, images_a, images_b, context))
@@ -144,17 +147,22 @@ class DbRecorder(Recorder):
         if preview is not None:
             self._extra["preview"] = queue.save_image(self.engine, views_png(preview))
             self._extra.setdefault("first_preview", self._extra["preview"])  # what the run started from
-        queue.set_run_status(self.engine, self.run_id, None, step=step,
-                             metrics={"history": self._history, **self._extra})
+        queue.set_run_status(self.engine, self.run_id, None, step=step,  # the step is the heartbeat
+                             metrics={"history": self._history, **self._extra}, heartbeat=True)
+        self._last_beat = time.monotonic()
 
     def control(self):
         return self._retry(lambda: self._control())
 
     def _control(self):
         from db import queue
+        from db.liveness import BEAT_EVERY_S
 
         run = queue.get_run(self.engine, self.run_id)
         status = (run or {}).get("status", "running")
+        if status == "paused" and time.monotonic() - self._last_beat >= BEAT_EVERY_S:
+            queue.beat(self.engine, self.run_id)  # paused by an admin, yet alive: resuming shows it running
+            self._last_beat = time.monotonic()
         return status if status in ("paused", "cancelled") else "running"
 
     def finish(self, status, outputs=None):

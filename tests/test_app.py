@@ -327,3 +327,23 @@ def test_an_admin_edits_a_runs_instructions_and_annotators_see_them_as_text(log)
     at = page("annotate_page", url, users["ann"]).run()
     assert "Prefer **sharp** edges. " + XSS in texts(at)
     assert not [a for a in page("runs_page", url, users["ann"]).run().text_area]  # annotators cannot edit
+
+
+def test_a_stalled_run_says_so_and_how_to_resume_it(log):
+    from datetime import timedelta
+
+    from db.models import Run, utcnow
+
+    engine, url, _, users = log
+    run_id, _ = run_with_pair(engine)
+    with engine.begin() as conn:  # the process died 7 minutes ago (kill -9): the log still says running
+        conn.execute(sa.update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow() - timedelta(minutes=7)))
+    at = page("runs_page", url, users["ann"]).run()
+    assert any("stalled (no sign of life for 7 min)" in w.value and "--resume" in w.value for w in at.warning)
+    assert not at.code  # the command is for admins
+    at = page("runs_page", url, users["root"]).run()
+    assert any("--resume" in c.value for c in at.code)
+    assert not [b for b in at.button if b.label == "Pause"] and at.button(key=f"cancel-{run_id}")
+    assert queue.get_run(engine, run_id)["stored_status"] == "running"
+    queue.set_run_status(engine, run_id, None, step=1, heartbeat=True)  # resumed: it beats again
+    assert not page("runs_page", url, users["ann"]).run().warning
