@@ -191,7 +191,7 @@ def make_candidates(
     )
     top = min(T - 1, int(T * max(cfg.schedule.t_start[1], cfg.schedule.t_end[1])))
     redraws = cfg.dpo.redraws if two else 0
-    n = cfg.dpo.candidates if two and not timestep_variant else (2 if two else 1)
+    n = 1 if not two else 2 if timestep_variant else cfg.dpo.candidates  # members of the prior call
     first = None
     for k in range(redraws + 1):
         if k:  # climb towards the top of the schedule in equal steps
@@ -203,7 +203,7 @@ def make_candidates(
         if not two:
             return c
         c.draws = k + 1
-        first = first or c
+        first = c if first is None else first
         if min(c.distance) >= cfg.dpo.min_distance:
             c.anchor = first if k else None
             return c

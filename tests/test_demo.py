@@ -53,6 +53,16 @@ def test_help_texts_show_real_defaults(command, capsys):
         assert "(default: 300)" in text and "(default: 8501)" in text
 
 
+@pytest.mark.parametrize("mode", ["async", "blocking"])
+def test_the_demo_runs_people_in_the_mode_asked_async_by_default(mode, tmp_path):
+    from dreamdpo.commands.annotate import demo_config
+
+    ns = build_parser().parse_args(["demo"] + ([] if mode == "async" else ["--mode", mode]))
+    cfg = demo_config(ns, tmp_path / "out", DEMO_PROMPT)
+    assert cfg.human.mode == mode and cfg.human.max_pairs == 30 and cfg.judge == "human"
+    assert cfg.export_mesh and cfg.mesh_resolution == 64  # the toy world's defaults reach the demo
+
+
 def test_the_demo_mirrors_the_toy_bank_progress_for_the_app_and_removes_it(tmp_path, monkeypatch):
     from dreamdpo.commands.annotate import prepare_toy_world
     from dreamdpo.toyworld import bank

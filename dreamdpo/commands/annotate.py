@@ -192,7 +192,7 @@ def demo_config(args, out: Path, prompt: str):
     from dreamdpo.config import load_config
 
     flags = {"prompt": prompt, "backbone": "toy", "judge": "human", "steps": args.steps, "out": str(out),
-             "device": "cpu", "export_mesh": True, "mesh_resolution": 64, "checkpoint_every": 10}
+             "device": "cpu", "checkpoint_every": 10}  # mesh and test views: the toy world's defaults
     overrides = [f"human.mode={args.mode}", f"human.max_pairs={args.max_pairs}", f"human.every_k={args.every_k}",
                  f"human.timeout_s={args.timeout}", "human.fallback=model", f"human.audit_rate={args.audit_rate}",
                  "assist_judge=toy-reward"]
