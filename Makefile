@@ -21,9 +21,11 @@ system-deps:
 demo: $(STAMP)
 	.venv/bin/dreamdpo demo
 
-# ruff over the repository (rules and the files still left out: [tool.ruff] in pyproject.toml)
+# ruff over the repository (rules and the files still left out: [tool.ruff] in pyproject.toml), then mypy
+# over the packages listed in [tool.mypy] (files = ...)
 lint: $(STAMP)
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 
 # everything (CI): lint first, then unit, integration, slow, browser and PostgreSQL tests
 test: lint $(STAMP) system-deps

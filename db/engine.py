@@ -156,7 +156,11 @@ def _describe(url: str) -> str:
 def _head() -> str:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    if head is None:  # only a broken install has no migrations
+        raise LogError(f"no Alembic revisions found beside {Path(__file__).with_name('alembic.ini')}; "
+                       "reinstall dreamdpo")
+    return head
 
 
 def _alembic_config():
@@ -261,7 +265,10 @@ def upgrade(url: str | None = None) -> str:
         _check_ours(url, rev, has_tables)  # never write into a foreign or a newer database
         _use_wal(engine)
         _upgrade(engine)
-        return _current_revision(engine)[0]
+        rev = _current_revision(engine)[0]
+        if rev is None:  # Alembic wrote no revision: never report the upgrade as done
+            raise LogError(f"the upgrade of the log at {_describe(url)} left no revision; run it again")
+        return rev
     finally:
         engine.dispose()
 

@@ -440,17 +440,18 @@ def _write(comparisons: Iterable[dict], fmt: str, out: Path, filters: ExportFilt
             counts.comparisons += 1
             split, reason = route(fmt, c, filters.include_ties)
             if split is None:
+                assert reason is not None  # route names the reason of every vote it leaves out
                 counts.drop(reason)
                 continue
             counts.keep(split, c["choice"])
-            if fmt == "pickapic":
+            if parquet is not None and fmt == "pickapic":
                 row = pickapic_row(c)
                 if prompt_counts is not None:
                     row["num_example_per_prompt"] = prompt_counts.get(split, {}).get(c["prompt"], 0)
                 parquet.add(split, row)
                 prompts = per_prompt.setdefault(split, {})
                 prompts[c["prompt"]] = prompts.get(c["prompt"], 0) + 1
-            elif fmt == "trl":
+            elif parquet is not None:  # trl
                 parquet.add(split, trl_row(c))
             else:
                 for side in ("a", "b"):

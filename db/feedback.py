@@ -4,6 +4,7 @@ posts a step twice). Reads only, each one short statement.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -35,7 +36,7 @@ def pair_status(engine, pair_id: int) -> str | None:
         return conn.execute(sa.select(Pair.status).where(Pair.id == pair_id)).scalar()
 
 
-def people_decisions(engine, run_id: int, exclude: set[int] = frozenset()) -> list[dict]:
+def people_decisions(engine, run_id: int, exclude: Collection[int] = frozenset()) -> list[dict]:
     """Every pair of the run that people decided (not a model's record, not both-bad), oldest first,
     with both candidates' PNG bytes; pairs in `exclude` (already learned from) are left out."""
     a, b = sa.orm.aliased(Image), sa.orm.aliased(Image)

@@ -19,6 +19,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 PREFIX = "dreamdpo-pg-"
 OWNER_FILE = "owner"  # "<pid> <start time in clock ticks>" of the process the cluster belongs to
@@ -86,16 +90,17 @@ class PostgresServer:
     """One throw-away cluster; `database()` hands out fresh databases (copies of a migrated template)."""
 
     def __init__(self, owner_pid: int | None = None) -> None:
-        self.bin = pg_bin()
-        if self.bin is None:
+        bin_dir = pg_bin()
+        if bin_dir is None:
             raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) not found in "
                                     "/usr/lib/postgresql/*/bin or PATH; install Debian `postgresql`")
+        self.bin: Path = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix=PREFIX))
         owner = owner_pid or os.getpid()
         (self.root / OWNER_FILE).write_text(f"{owner} {_start_ticks(owner)}")
         self.data = self.root / "data"
         self.as_user = _as_postgres(self.root)
-        self.admin = None
+        self.admin: sa.Engine | None = None  # set by start()
         self._counter = itertools.count()
         self._watchdog = subprocess.Popen(
             [sys.executable, "-m", "db.pg_cluster", "watch", str(owner), str(self.root)],
@@ -138,6 +143,8 @@ class PostgresServer:
         template = db_engine._ENGINES.pop(self.url("dreamdpo_template"), None)
         if template is not None:  # nobody may be connected to a template while it is copied
             template[1].dispose()
+        if self.admin is None:
+            raise RuntimeError("start() the server before asking it for a database")
         with self.admin.connect() as conn:
             conn.exec_driver_sql(f"CREATE DATABASE {name}" + ("" if empty else " TEMPLATE dreamdpo_template"))
         return self.url(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -37,7 +38,7 @@ def post_gold_pair(engine, run_id: int, image_a: bytes, image_b: bytes, answer: 
                            question=question, votes_needed=votes_needed)
 
 
-def _pair_images(engine, pair_id: int) -> dict:
+def _pair_images(engine, pair_id: int) -> dict[str, Any]:
     from db import models
 
     p, img = models.Pair.__table__, models.Image.__table__
@@ -58,12 +59,12 @@ def post_swapped_duplicate(engine, pair_id: int, votes_needed: int = 1) -> int:
     p = _pair_images(engine, pair_id)
     if p["kind"] == "duplicate":
         raise LogError(f"pair {pair_id} is itself a duplicate; duplicate its original {p['duplicate_of']}")
-    optional = {k: p.get(k) for k in ("view", "question") if p.get(k) is not None}
+    optional: dict[str, Any] = {k: p.get(k) for k in ("view", "question") if p.get(k) is not None}
+    gold = p.get("gold_answer")
     return queue.post_pair(engine, p["run_id"], p["step"], p["png_b"], p["png_a"], kind="duplicate",
                            duplicate_of=pair_id, seed_a=p.get("seed_b"), seed_b=p.get("seed_a"),
                            t=p.get("t_b", p.get("t")), votes_needed=votes_needed,
-                           gold_answer={"a": "b", "b": "a"}.get(p.get("gold_answer"), p.get("gold_answer")),
-                           **optional)
+                           gold_answer=None if gold is None else {"a": "b", "b": "a"}.get(gold, gold), **optional)
 
 
 def mix_in(engine, run_id: int, config: QCConfig = QCConfig(), rng: random.Random | None = None) -> list[int]:

@@ -23,11 +23,16 @@ Rules worth knowing:
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
+from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from db import liveness
@@ -60,12 +65,9 @@ def put_image(session: Session, png: bytes) -> str:
     png = bytes(png)
     digest = hashlib.sha256(png).hexdigest()
     width, height = struct.unpack(">II", png[16:24]) if len(png) >= 24 else (0, 0)
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    session.execute(insert(Image).values(id=digest, png=png, width=width, height=height)
+    insert: postgresql.Insert | sqlite.Insert = (
+        postgresql.insert(Image) if session.get_bind().dialect.name == "postgresql" else sqlite.insert(Image))
+    session.execute(insert.values(id=digest, png=png, width=width, height=height)
                     .on_conflict_do_nothing(index_elements=["id"]))
     return digest
 
@@ -182,6 +184,11 @@ def beat(engine, run_id: int | None = None, pair_id: int | None = None) -> None:
         s.execute(sa.update(Run).where(target).values(heartbeat_at=utcnow()))
 
 
+def _rows_changed(s: Session, stmt: sa.Update) -> int:
+    """Run an UPDATE; returns how many rows it changed (an UPDATE's result is a CursorResult)."""
+    return int(cast("CursorResult[Any]", s.execute(stmt)).rowcount or 0)
+
+
 def _cancel_pending(s: Session, run_id: int) -> None:
     s.execute(sa.update(Pair).where(Pair.run_id == run_id, Pair.status == "pending").values(status="cancelled"))
 
@@ -190,17 +197,16 @@ def expire_waiting(engine, run_id: int) -> int:
     """The run's pairs still waiting for people become expired (the run ended or stopped waiting:
     nobody should vote on them for nothing); returns how many."""
     with Session(engine) as s, s.begin():
-        done = s.execute(sa.update(Pair).where(Pair.run_id == run_id, Pair.status == "pending",
-                                               Pair.kind == "live").values(status="expired"))
-        return int(done.rowcount or 0)
+        return _rows_changed(s, sa.update(Pair).where(Pair.run_id == run_id, Pair.status == "pending",
+                                                      Pair.kind == "live").values(status="expired"))
 
 
 def expire_pair(engine, pair_id: int) -> bool:
     """A skipped live pair nobody else can take: expired at once, so the waiting run falls back now."""
     with Session(engine) as s, s.begin():
-        done = s.execute(sa.update(Pair).where(Pair.id == pair_id, Pair.status == "pending", Pair.kind == "live")
-                         .values(status="expired", deadline=utcnow()))
-        return bool(done.rowcount)
+        return bool(_rows_changed(s, sa.update(Pair).where(Pair.id == pair_id, Pair.status == "pending",
+                                                           Pair.kind == "live").values(status="expired",
+                                                                                       deadline=utcnow())))
 
 
 def cancel_run(engine, run_id: int) -> None:
@@ -289,7 +295,7 @@ _PNGS = sa.select(Image.id, Image.png).where(Image.id.in_(sa.bindparam("ids", ex
 
 
 def _claim_dict(s: Session, pair: Pair, claim: Claim) -> dict:
-    run = s.get(Run, pair.run_id)
+    run = s.get_one(Run, pair.run_id)
     ids = [pair.image_a, pair.image_b] + ([pair.render_image] if pair.render_image else [])
     pngs = dict(s.execute(_PNGS, {"ids": ids}).all())
     votes_in = sum(n for _c, n in s.execute(_COUNTS, {"pid": pair.id}))
@@ -328,7 +334,7 @@ def claim_pair(engine, pair_id: int, annotator_id: int, lease_seconds: float = 1
     with Session(engine) as s, s.begin():
         _annotator(s, annotator_id)
         pair = _lock_pair(s, pair_id)
-        run = s.get(Run, pair.run_id)
+        run = s.get_one(Run, pair.run_id)
         expired = pair.deadline is not None and pair.deadline <= now
         if pair.status != "pending" or run.status == "cancelled" or expired:
             return None
@@ -364,11 +370,14 @@ _CANDIDATES = [
 _RECOUNT = sa.select(_holders(sa.bindparam("pid", type_=sa.Integer()), _NOW))
 
 
-def _claim_first(s: Session, pair_ids: list[int], annotator_id: int, now: datetime, lease_seconds: float):
+def _claim_first(s: Session, pair_ids: Sequence[int], annotator_id: int, now: datetime,
+                 lease_seconds: float) -> dict | None:
     for pair_id in pair_ids:
         # the row is locked now: re-count with a fresh statement (sees commits made before the lock)
-        pair = s.get(Pair, pair_id, populate_existing=True)
-        if pair.status != "pending" or s.execute(_RECOUNT, {"pid": pair_id, "now": now}).scalar() >= pair.votes_needed:
+        pair = s.get_one(Pair, pair_id, populate_existing=True)
+        if pair.status != "pending":
+            continue
+        if s.execute(_RECOUNT, {"pid": pair_id, "now": now}).scalar_one() >= pair.votes_needed:
             continue
         claim = s.get(Claim, (pair_id, annotator_id))
         expires = now + timedelta(seconds=lease_seconds)
@@ -434,10 +443,10 @@ def vote(engine, pair_id: int, annotator_id: int, choice: str, shown_left: str |
             if existing.choice != choice:
                 raise LogError(f"you already voted {existing.choice!r} on pair {pair_id}; "
                                "undo it first to change your vote")
-            decision = s.get(Decision, pair_id)
-            return dict(vote_id=existing.id, decided=decision is not None,
-                        decision=None if decision is None else _decision_dict(decision))
-        run = s.get(Run, pair.run_id)
+            decided = s.get(Decision, pair_id)
+            return dict(vote_id=existing.id, decided=decided is not None,
+                        decision=None if decided is None else _decision_dict(decided))
+        run = s.get_one(Run, pair.run_id)
         if run.status == "cancelled" or pair.status == "cancelled":
             raise LogError(f"run {pair.run_id} was cancelled; its pairs take no more votes")
         _expire_if_late(s, pair, now)
@@ -564,7 +573,7 @@ def wait_for_decision(engine, pair_id: int, timeout: float, poll: float = 0.05,
     An interrupt (Ctrl-C) expires the pair before it propagates: nobody votes on it for nothing."""
     end = time.monotonic() + timeout
     next_check = time.monotonic() + check_every
-    next_beat = None if beat_every is None else time.monotonic() + beat_every
+    next_beat = math.inf if beat_every is None else time.monotonic() + beat_every
     try:
         while True:
             d = get_decision(engine, pair_id)
@@ -572,7 +581,7 @@ def wait_for_decision(engine, pair_id: int, timeout: float, poll: float = 0.05,
                 return d
             if time.monotonic() >= end:
                 break
-            if next_beat is not None and time.monotonic() >= next_beat:
+            if beat_every is not None and time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + beat_every
                 beat(engine, pair_id=pair_id)
             if cancelled is not None and time.monotonic() >= next_check:
@@ -597,9 +606,8 @@ def expire_stale(engine, now: datetime | None = None) -> int:
     """Pending pairs past their deadline become expired; returns how many."""
     now = now or utcnow()
     with Session(engine) as s, s.begin():
-        result = s.execute(sa.update(Pair).where(Pair.status == "pending", Pair.deadline.is_not(None),
-                                                 Pair.deadline <= now).values(status="expired"))
-        return int(result.rowcount or 0)
+        return _rows_changed(s, sa.update(Pair).where(Pair.status == "pending", Pair.deadline.is_not(None),
+                                                      Pair.deadline <= now).values(status="expired"))
 
 
 def queue_stats(engine, annotator_id: int | None = None) -> dict:

@@ -132,6 +132,8 @@ def dawid_skene(frame: pd.DataFrame, n_iter: int = 100) -> tuple[pd.Series, pd.D
     with warnings.catch_warnings():  # crowd-kit uses pandas keywords that pandas 3 deprecates
         warnings.simplefilter("ignore")
         model = DawidSkene(n_iter=n_iter).fit(data)
+    if model.labels_ is None or model.errors_ is None or model.priors_ is None:
+        raise RuntimeError("crowd-kit's DawidSkene.fit left no labels, error matrices or priors")
     labels = model.labels_.rename("label")
     errors = model.errors_  # index (worker, observed), columns true label
     priors = model.priors_
@@ -305,6 +307,7 @@ def judge_agreement(frame: pd.DataFrame, by: tuple[str, ...] = ("judge",), n_boo
     pairs = judge_human_pairs(frame)
     rng = np.random.default_rng(seed)
     rows = []
+    no_draws = (np.empty(0),) * 3
     for key, grp in pairs.groupby(list(by)):
         c = confusion(grp["judge_label"], grp["human_label"])
         nt, al, kappa = (float(x) for x in agreement_from_confusion(c))
@@ -313,7 +316,7 @@ def judge_agreement(frame: pd.DataFrame, by: tuple[str, ...] = ("judge",), n_boo
         if n_boot:
             draws = rng.multinomial(int(c.sum()), c.ravel() / c.sum(), size=n_boot).reshape(n_boot, *c.shape)
             boots = agreement_from_confusion(draws)
-        for name, values in zip(("agree_no_ties", "agree_all", "kappa"), boots if n_boot else [[]] * 3):
+        for name, values in zip(("agree_no_ties", "agree_all", "kappa"), boots if n_boot else no_draws):
             row[f"{name}_low"], row[f"{name}_high"] = bootstrap_ci(values)
         rows.append(row)
     cols = list(by) + ["n_pairs", "n_decisive", "agree_no_ties", "agree_no_ties_low", "agree_no_ties_high",

@@ -61,7 +61,8 @@ def synthetic_log(spec: SyntheticSpec = SyntheticSpec()) -> tuple[pd.DataFrame, 
     duplicate_of, judge scores; votes has the columns of db.read.votes_frame."""
     rng = np.random.default_rng(spec.seed)
     t0 = pd.Timestamp("2026-01-01", tz="UTC")
-    pairs, votes = [], []
+    pairs: list[dict] = []
+    votes: list[dict] = []
 
     def add_vote(pair, **kw):
         votes.append(dict(vote_id=len(votes) + 1, pair_id=pair["pair_id"], run_id=pair["run_id"], step=pair["step"],
@@ -162,40 +163,42 @@ def write_log(engine, spec: SyntheticSpec = SyntheticSpec(), image_size: int = 1
                                    name=f"synthetic-{r}") for r in sorted(pairs["run_id"].unique())}
     for run_id in run_ids.values():  # people are only offered live pairs of running runs
         queue.set_run_status(engine, run_id, "running")
-    people = {who: accounts.authenticate(engine, accounts.add_annotator(engine, who))["id"] for who in ANNOTATORS}
+    for who in ANNOTATORS:
+        accounts.add_annotator(engine, who)
+    people = {who: accounts.get_annotator(engine, who)["id"] for who in ANNOTATORS}
     ids: dict[int, int] = {}
     by_pair = {pid: grp for pid, grp in votes.groupby("pair_id", sort=False)}
     n_opinions = 0
-    for p in pairs.itertuples():
-        grp = by_pair.get(p.pair_id, votes.iloc[:0])
+    for p in pairs.to_dict("records"):  # rows as dicts (columns → plain Python values)
+        grp = by_pair.get(p["pair_id"], votes.iloc[:0])
         humans = grp[grp["annotator"].notna()]
         humans = pd.concat([humans[humans["choice"] == "skip"], humans[humans["choice"] != "skip"]])
         needed = int((humans["choice"] != "skip").sum())
         if needed == 0:
             humans = humans.iloc[:0]  # nobody would decide it: record the pair without human votes
-        ids[p.pair_id] = queue.post_pair(
-            engine, run_ids[p.run_id], int(p.step), png_bytes(p.pair_id, "a", image_size),
-            png_bytes(p.pair_id, "b", image_size), seed_a=int(p.seed_a), seed_b=int(p.seed_b), kind=p.kind,
-            gold_answer=p.gold_answer if isinstance(p.gold_answer, str) else None,
-            duplicate_of=ids[int(p.duplicate_of)] if pd.notna(p.duplicate_of) else None,
+        ids[p["pair_id"]] = queue.post_pair(
+            engine, run_ids[p["run_id"]], int(p["step"]), png_bytes(p["pair_id"], "a", image_size),
+            png_bytes(p["pair_id"], "b", image_size), seed_a=int(p["seed_a"]), seed_b=int(p["seed_b"]), kind=p["kind"],
+            gold_answer=p["gold_answer"] if isinstance(p["gold_answer"], str) else None,
+            duplicate_of=ids[int(p["duplicate_of"])] if pd.notna(p["duplicate_of"]) else None,
             votes_needed=max(needed, 1), status="pending" if needed else "decided")
-        pid = ids[p.pair_id]
-        for v in grp[grp["judge"].notna()].itertuples():
-            queue.log_judge(engine, pid, v.judge, v.choice, float(v.score_a), float(v.score_b))
-        for k, v in enumerate(humans.itertuples()):
-            who = people[v.annotator]
+        pid = ids[p["pair_id"]]
+        for v in grp[grp["judge"].notna()].to_dict("records"):
+            queue.log_judge(engine, pid, v["judge"], v["choice"], float(v["score_a"]), float(v["score_b"]))
+        for k, v in enumerate(humans.to_dict("records")):
+            who = people[v["annotator"]]
             claim = queue.claim_next(engine, who)
             if claim is None or claim["pair_id"] != pid:
                 raise RuntimeError(f"claim_next gave {claim and claim['pair_id']} instead of pair {pid}")
-            latency = None if pd.isna(v.latency_ms) else int(v.latency_ms)
-            if v.choice != "skip":
+            latency = None if pd.isna(v["latency_ms"]) else int(v["latency_ms"])
+            if v["choice"] != "skip":
                 n_opinions += 1
                 last = k == len(humans) - 1
                 if retract_every and n_opinions % retract_every == 0 and not last:
-                    other = {"a": "b", "b": "a"}.get(v.choice, "a")
-                    queue.vote(engine, pid, who, other, shown_left=v.shown_left, latency_ms=latency)
+                    other = {"a": "b", "b": "a"}.get(v["choice"], "a")
+                    queue.vote(engine, pid, who, other, shown_left=v["shown_left"], latency_ms=latency)
                     assert queue.undo_vote(engine, pid, who)
-            queue.vote(engine, pid, who, v.choice, shown_left=v.shown_left, latency_ms=latency)
+            queue.vote(engine, pid, who, v["choice"], shown_left=v["shown_left"], latency_ms=latency)
     for run_id in run_ids.values():
         queue.set_run_status(engine, run_id, "finished")
     return ids
