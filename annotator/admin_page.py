@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from annotator.plain import md
-from db import accounts, queue
+from db import accounts, pairs, queue
 from db.errors import LogError
 
 
@@ -22,7 +22,7 @@ def render(engine, user: dict) -> None:
     c[2].metric("Expired leases", stats["expired_leases"])
     c[3].metric("Stale pairs (past deadline)", stats["stale_pairs"])
     if stats["stale_pairs"] and st.button("Expire stale pairs"):
-        st.success(f"{queue.expire_stale(engine)} pairs expired.")
+        st.success(f"{pairs.expire_stale(engine)} pairs expired.")
 
     st.subheader("Annotators")
     with st.form("add"):

@@ -29,7 +29,7 @@ import streamlit as st
 
 from annotator import guard, instructions, keys
 from annotator.views import grid_png
-from db import feedback, queue
+from db import feedback, pairs, queue, votes
 from db.engine import is_transient
 from db.errors import AccountInactive, LogError
 from db.models import utcnow
@@ -90,13 +90,13 @@ def _vote(engine, user, button: str) -> None:
         if choice == "skip":
             queue.release(engine, pair["pair_id"], user["id"])
             alone = feedback.annotators_online(engine, ONLINE_S, excluding=user["id"]) == 0
-            gone = pair.get("kind") == "live" and alone and queue.expire_pair(engine, pair["pair_id"])
+            gone = pair.get("kind") == "live" and alone and pairs.expire_pair(engine, pair["pair_id"])
             ss["ack"] = (f"Skipped pair {pair['pair_id']}: "
                          + ("nobody else is online, so the run decides it without people." if gone
                             else "it goes to the next person."))
             ss["last"] = None
         else:
-            queue.vote(engine, pair["pair_id"], user["id"], choice, shown_left=pair["shown_left"], latency_ms=latency)
+            votes.vote(engine, pair["pair_id"], user["id"], choice, shown_left=pair["shown_left"], latency_ms=latency)
             ss["ack"] = f"{SAID[button]} stored for pair {pair['pair_id']}."
             ss["last"] = pair
     except Exception as e:
@@ -113,7 +113,7 @@ def undoable(engine, last: dict | None) -> bool:
     """Undo can succeed: the pair is undecided and the lease still holds."""
     if last is None or last["expires_at"] <= utcnow():
         return False
-    return queue.get_decision(engine, last["pair_id"]) is None
+    return votes.get_decision(engine, last["pair_id"]) is None
 
 
 def _undo(engine, user) -> None:
@@ -123,7 +123,7 @@ def _undo(engine, user) -> None:
         ss["ack"] = "Undo: nothing to undo."
         return
     try:
-        undone = queue.undo_vote(engine, last["pair_id"], user["id"])
+        undone = votes.undo_vote(engine, last["pair_id"], user["id"])
     except Exception as e:
         if not isinstance(e, LogError) and not is_transient(e):
             raise

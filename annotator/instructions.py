@@ -3,7 +3,7 @@ an admin may replace for a run (kept in the run's config in the log, key "instru
 An admin's text comes from the log, so it is always shown as plain text."""
 from __future__ import annotations
 
-from db import queue
+from db import runs
 
 KEY = "instructions"
 DEFAULT = """\
@@ -17,11 +17,11 @@ Judge quickly: a pair is yours for the time shown, then it goes back to the queu
 
 
 def for_run(engine, run_id: int) -> str:
-    config = (queue.get_run(engine, run_id) or {}).get("config")
+    config = (runs.get_run(engine, run_id) or {}).get("config")
     text = (config or {}).get(KEY) if isinstance(config, dict) else None
     return text if isinstance(text, str) and text.strip() else DEFAULT
 
 
 def save(engine, run_id: int, text: str | None) -> None:
     """Set (or, with an empty text, reset to DEFAULT) the run's instructions."""
-    queue.set_run_config(engine, run_id, KEY, text.strip() if text and text.strip() else None)
+    runs.set_run_config(engine, run_id, KEY, text.strip() if text and text.strip() else None)

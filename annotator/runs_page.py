@@ -12,7 +12,7 @@ import streamlit as st
 
 from annotator import instructions
 from annotator.plain import md
-from db import feedback, liveness, queue
+from db import feedback, images, liveness, runs
 
 LIVE = ("pending", "running", "stalled", "paused")
 BINS = 20  # the share of steps each source decided is shown over at most this many windows of steps
@@ -51,10 +51,10 @@ def controls(engine, run: dict) -> None:
     rid = run["id"]
     ss = st.session_state
     if run["status"] == "running" and c[0].button("Pause", key=f"pause-{rid}"):
-        queue.set_run_status(engine, rid, "paused")
+        runs.set_run_status(engine, rid, "paused")
         st.rerun()
     if run["status"] == "paused" and c[0].button("Resume", key=f"resume-{rid}"):
-        queue.set_run_status(engine, rid, "running")
+        runs.set_run_status(engine, rid, "running")
         st.rerun()
     if run["status"] not in LIVE:
         return
@@ -67,7 +67,7 @@ def controls(engine, run: dict) -> None:
                "them are refused. This cannot be undone.")
     c = st.columns(4)
     if c[0].button("Yes, cancel the run", key=f"cancel-yes-{rid}", type="primary"):
-        queue.cancel_run(engine, rid)
+        runs.cancel_run(engine, rid)
         ss.pop(f"confirm-cancel-{rid}", None)
         st.rerun()
     if c[1].button("No, keep it", key=f"cancel-no-{rid}"):
@@ -104,10 +104,10 @@ def show_run(engine, run: dict, waiting: int, admin: bool) -> None:
     st.text(run["prompt"])  # text from the log is plain text, never markdown
     st.text(f"backbone {run['backbone'] or '?'} · judge {(run.get('judge_policy') or {}).get('judge', '?')} · "
             f"steps waiting on people: {waiting}")
-    images = [("first_preview", "First render"), ("preview", "Latest render"), ("turntable", "Turntable")]
+    renders = [("first_preview", "First render"), ("preview", "Latest render"), ("turntable", "Turntable")]
     if metrics.get("first_preview") == metrics.get("preview"):
-        images = images[1:]
-    shown = [(title, queue.get_image(engine, metrics[key])) for key, title in images if metrics.get(key)]
+        renders = renders[1:]
+    shown = [(title, images.get_image(engine, metrics[key])) for key, title in renders if metrics.get(key)]
     shown = [(title, png) for title, png in shown if png is not None]
     if shown:
         for col, (title, png) in zip(st.columns(3), shown):
@@ -143,15 +143,15 @@ def show_run(engine, run: dict, waiting: int, admin: bool) -> None:
 
 def render(engine, user: dict) -> None:
     st.header("Runs")
-    runs = queue.list_runs(engine)
-    if not runs:
+    all_runs = runs.list_runs(engine)
+    if not all_runs:
         st.info("No runs in the log yet. Start one with `dreamdpo run` or `dreamdpo demo`.")
         return
-    live = [r for r in runs if r["status"] in LIVE]
+    live = [r for r in all_runs if r["status"] in LIVE]
     show_all = st.toggle("Show finished and cancelled runs too", value=not live,
                          help="finished runs keep their renders, turntable and curves")
     waiting = feedback.waiting_pairs_by_run(engine)
-    shown = [r for r in reversed(runs) if show_all or r["status"] in LIVE]
+    shown = [r for r in reversed(all_runs) if show_all or r["status"] in LIVE]
     if not shown:
         st.info("No live runs right now; switch on 'Show finished and cancelled runs too' to see the others.")
     for run in shown:

@@ -18,13 +18,13 @@ import time
 def annotate(engine, annotator_id: int, taste, *, run_id: int | None = None, think_s: float = 1.0,
              max_votes: int | None = None, poll_s: float = 0.1, give_up_s: float = 3600.0,
              stop=lambda: False) -> dict:
-    from db import queue
+    from db import queue, runs, votes
     from dreamdpo.cameras import Cameras
     from dreamdpo.images import images_from_png
 
-    votes, waits, started = 0, [], time.monotonic()
+    n_votes, waits, started = 0, [], time.monotonic()
     idle_since = time.monotonic()
-    while max_votes is None or votes < max_votes:
+    while max_votes is None or n_votes < max_votes:
         if stop() or time.monotonic() - started > give_up_s:
             break
         claim = queue.claim_next(engine, annotator_id)
@@ -32,7 +32,7 @@ def annotate(engine, annotator_id: int, taste, *, run_id: int | None = None, thi
             if claim is not None:
                 queue.release(engine, claim["pair_id"], annotator_id)
             # the stored status: a stalled run's live pairs are still voted on (used when it resumes)
-            stored = (queue.get_run(engine, run_id) or {}).get("stored_status") if run_id is not None else None
+            stored = (runs.get_run(engine, run_id) or {}).get("stored_status") if run_id is not None else None
             if run_id is not None and stored not in ("running", "pending"):
                 break
             time.sleep(poll_s)
@@ -42,14 +42,14 @@ def annotate(engine, annotator_id: int, taste, *, run_id: int | None = None, thi
         choice = taste.choose(images_from_png(claim["image_a"]), images_from_png(claim["image_b"]), cams)
         time.sleep(think_s)  # a person looks before they press a key
         try:
-            queue.vote(engine, claim["pair_id"], annotator_id, choice, shown_left="a", latency_ms=int(think_s * 1000))
-            votes += 1
+            votes.vote(engine, claim["pair_id"], annotator_id, choice, shown_left="a", latency_ms=int(think_s * 1000))
+            n_votes += 1
         except Exception as e:  # the pair expired while "thinking": a person would see the next one
             print(f"vote refused: {e}", file=sys.stderr)
         idle_since = time.monotonic()
     waits.sort()
     p95 = waits[min(len(waits) - 1, int(0.95 * len(waits)))] if waits else None
-    return {"votes": votes, "idle_s_total": round(sum(waits), 2), "idle_s_p95": p95 and round(p95, 3),
+    return {"votes": n_votes, "idle_s_total": round(sum(waits), 2), "idle_s_p95": p95 and round(p95, 3),
             "idle_s_median": round(waits[len(waits) // 2], 3) if waits else None}
 
 

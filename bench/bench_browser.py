@@ -27,7 +27,7 @@ import sqlalchemy as sa
 import torch
 
 from annotator.browser import free_port, launch, press, sign_in, wait_pair
-from db import accounts, queue
+from db import accounts, pairs, runs
 from db.engine import connect
 from db.models import Vote
 from dreamdpo.commands.annotate import start_app, stop_app, wait_ready
@@ -65,14 +65,14 @@ def main() -> None:
             token = accounts.add_annotator(engine, "bench")
             context, page = sign_in(browser, base, token)
             page.get_by_text("No pairs are waiting for you").wait_for(timeout=30_000)
-            run_id = queue.create_run(engine, "a red cube", status="running")
+            run_id = runs.create_run(engine, "a red cube", status="running")
 
             # 1. posted → visible
             visible = []
             for i in range(args.n):
                 time.sleep(np.random.default_rng(i).uniform(0, 1))  # posts land anywhere in the poll cycle
                 t0 = time.monotonic()
-                pid = queue.post_pair(engine, run_id, i, img(i), img(255 - i))
+                pid = pairs.post_pair(engine, run_id, i, img(i), img(255 - i))
                 page.get_by_text(f"pair {pid}", exact=False).wait_for(timeout=30_000)
                 visible.append(time.monotonic() - t0)
                 wait_pair(page, pid)
@@ -105,7 +105,7 @@ def main() -> None:
                 resumed.append(out["t"] - t_store)
 
             # 3. sustained keyboard rate
-            pids = [queue.post_pair(engine, run_id, 1000 + i, img(i), img(i + 7)) for i in range(args.burst)]
+            pids = [pairs.post_pair(engine, run_id, 1000 + i, img(i), img(i + 7)) for i in range(args.burst)]
             t0 = time.monotonic()
             for pid in pids:
                 wait_pair(page, pid)
@@ -114,7 +114,7 @@ def main() -> None:
             per_min = args.burst / (time.monotonic() - t0) * 60
 
             # 4. vote → next pair on screen
-            pids = [queue.post_pair(engine, run_id, 2000 + i, img(i), img(i + 9)) for i in range(args.n + 1)]
+            pids = [pairs.post_pair(engine, run_id, 2000 + i, img(i), img(i + 9)) for i in range(args.n + 1)]
             next_pair = []
             wait_pair(page, pids[0])
             for nxt in pids[1:]:
@@ -126,7 +126,7 @@ def main() -> None:
             page.get_by_text("No pairs are waiting for you").wait_for(timeout=30_000)
 
             # 5. ten keys at once
-            pids = [queue.post_pair(engine, run_id, 3000 + i, img(i), img(i + 11)) for i in range(10)]
+            pids = [pairs.post_pair(engine, run_id, 3000 + i, img(i), img(i + 11)) for i in range(10)]
             wait_pair(page, pids[0])
             t0 = time.monotonic()
             for key in ["ArrowLeft", "ArrowRight", "t", "b"] * 2 + ["ArrowLeft", "ArrowRight"]:

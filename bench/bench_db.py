@@ -16,7 +16,7 @@ import time
 
 import sqlalchemy as sa
 
-from db import accounts, queue
+from db import accounts, images, pairs, queue, runs, votes
 from db.engine import connect
 from db.models import Decision, Pair, Vote, utcnow
 
@@ -49,18 +49,18 @@ def _annotate(url: str, who: int, seconds: float, start_at: float, q) -> None:
         c = queue.claim_next(eng, who)
         if c is None:
             break
-        queue.vote(eng, c["pair_id"], who, "a")
+        votes.vote(eng, c["pair_id"], who, "a")
         n += 1
     q.put(n)
 
 
 def votes_per_second(url: str, n_procs: int = 8, seconds: float = 10.0, n_pairs: int = 20000) -> float:
     eng = connect(url)
-    run = queue.create_run(eng, "throughput")
-    queue.set_run_status(eng, run, "running")
+    run = runs.create_run(eng, "throughput")
+    runs.set_run_status(eng, run, "running")
     images = [png(i) for i in range(16)]
     for i in range(n_pairs):
-        queue.post_pair(eng, run, i, images[i % 16], images[(i + 1) % 16]) if i < 16 else None
+        pairs.post_pair(eng, run, i, images[i % 16], images[(i + 1) % 16]) if i < 16 else None
     bulk_pairs(eng, run, n_pairs - 16, images, status="pending")
     analyze(eng)
     who = people(eng, n_procs, "tp")
@@ -76,11 +76,11 @@ def votes_per_second(url: str, n_procs: int = 8, seconds: float = 10.0, n_pairs:
 
 
 # ----------------------------------------------------------------------------- a big log
-def bulk_pairs(eng, run: int, n: int, images: list[bytes], status: str, votes_needed: int = 1) -> None:
+def bulk_pairs(eng, run: int, n: int, pngs: list[bytes], status: str, votes_needed: int = 1) -> None:
     from sqlalchemy.orm import Session
 
     with Session(eng) as s, s.begin():
-        ids = [queue.put_image(s, im) for im in images]
+        ids = [images.put_image(s, im) for im in pngs]
     now = utcnow()
     rows = [dict(run_id=run, step=i, view=-1, image_a=ids[i % len(ids)], image_b=ids[(i + 1) % len(ids)],
                  status=status, votes_needed=votes_needed, kind="live", created_at=now) for i in range(n)]
@@ -93,8 +93,8 @@ def build_big_log(url: str, n_pairs: int, n_votes: int) -> tuple[int, list[int],
     """n_pairs decided pairs with n_votes human votes (and their decisions); returns run, people, seconds."""
     t0 = time.perf_counter()
     eng = connect(url)
-    run = queue.create_run(eng, "a big log")
-    queue.set_run_status(eng, run, "running")
+    run = runs.create_run(eng, "a big log")
+    runs.set_run_status(eng, run, "running")
     per_pair = max(1, n_votes // n_pairs)
     who = people(eng, per_pair, "big")
     images = [png(i) for i in range(64)]
@@ -137,31 +137,31 @@ def claim_vote_latency(url: str, run: int, n: int = 400) -> tuple[float, float, 
     eng = connect(url)
     bulk_pairs(eng, run, n, [png(1000 + i) for i in range(8)], status="pending")
     (me,) = people(eng, 1, "lat")
-    claims, votes = [], []
+    claims, vote_ms = [], []
     for _ in range(n):
         t0 = time.perf_counter()
         c = queue.claim_next(eng, me)
         t1 = time.perf_counter()
-        queue.vote(eng, c["pair_id"], me, random.choice("ab"))
+        votes.vote(eng, c["pair_id"], me, random.choice("ab"))
         t2 = time.perf_counter()
         claims.append((t1 - t0) * 1000)
-        votes.append((t2 - t1) * 1000)
-    return p95(claims), statistics.median(claims), p95(votes), statistics.median(votes)
+        vote_ms.append((t2 - t1) * 1000)
+    return p95(claims), statistics.median(claims), p95(vote_ms), statistics.median(vote_ms)
 
 
 # ----------------------------------------------------------------------------- decision → wait returns
 def _waiter(url: str, pair_ids: list[int], q) -> None:
     eng = connect(url)
     for pid in pair_ids:
-        d = queue.wait_for_decision(eng, pid, timeout=30, poll=0.05)
+        d = votes.wait_for_decision(eng, pid, timeout=30, poll=0.05)
         q.put((pid, time.time(), d["decided_at"].timestamp()))
 
 
 def decision_to_wait(url: str, n: int = 60) -> tuple[float, float]:
     eng = connect(url)
-    run = queue.create_run(eng, "wait")
-    queue.set_run_status(eng, run, "running")
-    ids = [queue.post_pair(eng, run, i, png(5000 + i), png(6000 + i)) for i in range(n)]
+    run = runs.create_run(eng, "wait")
+    runs.set_run_status(eng, run, "running")
+    ids = [pairs.post_pair(eng, run, i, png(5000 + i), png(6000 + i)) for i in range(n)]
     (me,) = people(eng, 1, "wait")
     q = CTX.Queue()
     w = CTX.Process(target=_waiter, args=(url, ids, q))
@@ -171,7 +171,7 @@ def decision_to_wait(url: str, n: int = 60) -> tuple[float, float]:
         time.sleep(random.uniform(0.05, 0.15))
         c = queue.claim_next(eng, me)
         assert c["pair_id"] == pid
-        queue.vote(eng, pid, me, "a")
+        votes.vote(eng, pid, me, "a")
         _, returned, decided = q.get(timeout=30)
         lags.append(returned - decided)
     w.join()

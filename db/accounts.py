@@ -13,7 +13,7 @@ import secrets
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from db.errors import LogError
+from db.errors import AccountInactive, LogError
 from db.models import Annotator
 
 NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,200}$")
@@ -43,6 +43,17 @@ def _by_name(s: Session, name: str, lock: bool = False) -> Annotator:
     if a is None:
         raise LogError(f"no annotator named {name!r}; see `dreamdpo annotators list`")
     return a
+
+
+def active_annotator(s: Session, annotator_id: int) -> Annotator:
+    """The account, inside a write: raises LogError when it does not exist, AccountInactive when it
+    was deactivated (a deactivated account changes nothing in the log)."""
+    who = s.get(Annotator, annotator_id)
+    if who is None:
+        raise LogError(f"annotator {annotator_id} does not exist; an admin adds people with `dreamdpo annotators add`")
+    if not who.active:
+        raise AccountInactive(f"annotator {who.name} is deactivated; ask an admin")
+    return who
 
 
 def add_annotator(engine, name: str, admin: bool = False) -> str:

@@ -318,6 +318,11 @@ def retry(fn: Callable[[], T], *, timeout_s: float = 300.0, first_delay_s: float
             delay *= 2
 
 
+def read_only(engine: sa.Engine) -> sa.Connection:
+    """A read-only connection (plain BEGIN on SQLite: readers never wait for writers)."""
+    return engine.connect().execution_options(readonly=True)
+
+
 def ping(engine: sa.Engine) -> None:
     """A cheap read: raises LogGone, or LogUnreachable with one line, when the log cannot be used now."""
     try:

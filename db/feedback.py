@@ -9,8 +9,8 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from db.engine import read_only
 from db.models import Claim, Decision, Image, Pair, Vote, utcnow
-from db.queue import _read
 
 # people's decisions that say which candidate is better (a both-bad decision does not)
 LEARNABLE_RULES = ("unanimous", "majority", "split")
@@ -25,14 +25,14 @@ def find_pair(engine, run_id: int, step: int, seed_a: int | None, seed_b: int | 
          .outerjoin(Decision, Decision.pair_id == Pair.id)
          .where(Pair.run_id == run_id, Pair.step == step, Pair.kind == kind,
                 Pair.seed_a == seed_a, Pair.seed_b == seed_b).order_by(Pair.id).limit(1))
-    with _read(engine) as conn:
+    with read_only(engine) as conn:
         row = conn.execute(q).mappings().first()
     return dict(row) if row is not None else None
 
 
 def pair_status(engine, pair_id: int) -> str | None:
     """pending | decided | expired | cancelled | indistinct (None: no such pair)."""
-    with _read(engine) as conn:
+    with read_only(engine) as conn:
         return conn.execute(sa.select(Pair.status).where(Pair.id == pair_id)).scalar()
 
 
@@ -49,7 +49,7 @@ def people_decisions(engine, run_id: int, exclude: Collection[int] = frozenset()
          .order_by(Pair.id))
     if exclude:
         q = q.where(Pair.id.not_in(sorted(exclude)))
-    with _read(engine) as conn:
+    with read_only(engine) as conn:
         return [dict(r) for r in conn.execute(q).mappings()]
 
 
@@ -58,7 +58,7 @@ def posted_pairs(engine, run_id: int) -> int:
     step has no deadline; a pair for people always has one)."""
     q = sa.select(sa.func.count()).select_from(Pair).where(
         Pair.run_id == run_id, Pair.kind == "live", Pair.deadline.is_not(None))
-    with _read(engine) as conn:
+    with read_only(engine) as conn:
         return int(conn.execute(q).scalar() or 0)
 
 
@@ -71,14 +71,14 @@ def _waiting():
 def waiting_pairs(engine, run_id: int) -> int:
     """The run's live pairs still waiting for people (pending, not past their deadline)."""
     q = sa.select(sa.func.count()).select_from(Pair).where(Pair.run_id == run_id, _waiting())
-    with _read(engine) as conn:
+    with read_only(engine) as conn:
         return int(conn.execute(q).scalar() or 0)
 
 
 def waiting_pairs_by_run(engine) -> dict[int, int]:
     """Run id → its live pairs still waiting for people; runs with none are left out."""
     q = sa.select(Pair.run_id, sa.func.count()).where(_waiting()).group_by(Pair.run_id)
-    with _read(engine) as conn:
+    with read_only(engine) as conn:
         return {int(r): int(n) for r, n in conn.execute(q).all()}
 
 
@@ -90,5 +90,5 @@ def annotators_online(engine, within_s: float = 60.0, excluding: int | None = No
     if excluding is not None:
         claims, votes = claims.where(Claim.annotator_id != excluding), votes.where(Vote.annotator_id != excluding)
     q = sa.select(sa.func.count(sa.distinct(sa.union(claims, votes).subquery().c.annotator_id)))
-    with _read(engine) as conn:
+    with read_only(engine) as conn:
         return int(conn.execute(q).scalar() or 0)

@@ -2,16 +2,16 @@
 
 Writing (the optimizer's heartbeat, runs.heartbeat_at):
 - DbRecorder.start sets it when the run starts or resumes, and every DbRecorder.progress sets it in
-  the same UPDATE as the step and the metrics (queue.set_run_status(..., heartbeat=True)): no extra
+  the same UPDATE as the step and the metrics (db.runs.set_run_status(..., heartbeat=True)): no extra
   round trip per step.
 - Where a run can be alive for long without a step, it beats at most every BEAT_EVERY_S: a blocking
-  wait for people (queue.wait_for_decision) and a run an admin paused (DbRecorder.control).
+  wait for people (db.votes.wait_for_decision) and a run an admin paused (DbRecorder.control).
 - Nothing else beats: the app's Pause/Resume buttons change the status, never the heartbeat.
 
 Reading: a run whose stored status is 'running' and whose last sign of life (heartbeat_at, or
 updated_at for rows that predate the heartbeat) is more than `after_s` seconds old is *stalled*:
 its process died (kill -9, a lost machine, a server restart) without writing 'failed' or
-'paused'. queue.get_run and queue.list_runs report it with status 'stalled' (the stored status is
+'paused'. db.runs.get_run and db.runs.list_runs report it with status 'stalled' (the stored status is
 kept in 'stored_status', the time of the last sign of life in 'last_seen'). The stored status is
 never rewritten: a resumed run (`dreamdpo run ... --resume`) simply beats again and reads
 'running' at once. Only 'running' can be stalled; a finished, failed, cancelled, paused or pending

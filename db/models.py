@@ -22,6 +22,16 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def int_or_none(v) -> int | None:
+    """A column value as a plain int (numpy and torch integers included); None stays None."""
+    return None if v is None else int(v)
+
+
+def float_or_none(v) -> float | None:
+    """A column value as a plain float; None stays None."""
+    return None if v is None else float(v)
+
+
 class UTCDateTime(sa.types.TypeDecorator):
     """Aware datetimes in Python, naive UTC in the database (same on SQLite and PostgreSQL)."""
 

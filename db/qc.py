@@ -30,11 +30,11 @@ class QCConfig:
 def post_gold_pair(engine, run_id: int, image_a: bytes, image_b: bytes, answer: str,
                    question: str | None = None, votes_needed: int = 1) -> int:
     """Post a pair whose right answer is known (a or b, or tie/both_bad)."""
-    from db import queue
+    from db import pairs
 
     if answer not in stats.OPINIONS:
         raise LogError(f"gold answer {answer!r} is not one of {', '.join(stats.OPINIONS)}")
-    return queue.post_pair(engine, run_id, -1, image_a, image_b, kind="gold", gold_answer=answer,
+    return pairs.post_pair(engine, run_id, -1, image_a, image_b, kind="gold", gold_answer=answer,
                            question=question, votes_needed=votes_needed)
 
 
@@ -54,14 +54,14 @@ def _pair_images(engine, pair_id: int) -> dict[str, Any]:
 
 def post_swapped_duplicate(engine, pair_id: int, votes_needed: int = 1) -> int:
     """Post pair `pair_id` again with its two images exchanged (kind "duplicate", duplicate_of set)."""
-    from db import queue
+    from db import pairs
 
     p = _pair_images(engine, pair_id)
     if p["kind"] == "duplicate":
         raise LogError(f"pair {pair_id} is itself a duplicate; duplicate its original {p['duplicate_of']}")
     optional: dict[str, Any] = {k: p.get(k) for k in ("view", "question") if p.get(k) is not None}
     gold = p.get("gold_answer")
-    return queue.post_pair(engine, p["run_id"], p["step"], p["png_b"], p["png_a"], kind="duplicate",
+    return pairs.post_pair(engine, p["run_id"], p["step"], p["png_b"], p["png_a"], kind="duplicate",
                            duplicate_of=pair_id, seed_a=p.get("seed_b"), seed_b=p.get("seed_a"),
                            t=p.get("t_b", p.get("t")), votes_needed=votes_needed,
                            gold_answer=None if gold is None else {"a": "b", "b": "a"}.get(gold, gold), **optional)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from db.engine import read_only
 from db.models import Decision, Image, Pair, Vote
-from db.queue import _read
 
 
 def recent_votes(engine, annotator_id: int, n: int = 10) -> list[dict]:
@@ -14,7 +14,7 @@ def recent_votes(engine, annotator_id: int, n: int = 10) -> list[dict]:
     q = (sa.select(Vote.pair_id, Vote.choice, Vote.shown_left, Vote.created_at, Vote.retracted, Decision.winner)
          .outerjoin(Decision, Decision.pair_id == Vote.pair_id)
          .where(Vote.annotator_id == annotator_id).order_by(Vote.id.desc()).limit(n))
-    with _read(engine) as conn:
+    with read_only(engine) as conn:
         return [dict(r) for r in conn.execute(q).mappings()]
 
 
@@ -22,5 +22,5 @@ def latest_render(engine, run_id: int) -> bytes | None:
     """The PNG of the run's newest pair that carries a render, or None."""
     q = (sa.select(Image.png).join(Pair, Pair.render_image == Image.id)
          .where(Pair.run_id == run_id).order_by(Pair.id.desc()).limit(1))
-    with _read(engine) as conn:
+    with read_only(engine) as conn:
         return conn.execute(q).scalar()

@@ -12,7 +12,8 @@ Planted facts (what the audit must find):
 - gold pairs (known answer), swapped duplicates, true ties, both-bad pairs, skips.
 
 `synthetic_log(...)` is pure (returns frames); `write_log(engine, ...)` posts the same log through
-db.queue so the real database holds it. Usage: python -m db.synthetic --db sqlite:///log.db
+the log's write API (db.runs, db.pairs, db.queue, db.votes) so the real database holds it.
+Usage: python -m db.synthetic --db sqlite:///log.db
 """
 from __future__ import annotations
 
@@ -149,34 +150,34 @@ def png_bytes(pair_id: int, side: str, size: int = 16) -> bytes:
 
 def write_log(engine, spec: SyntheticSpec = SyntheticSpec(), image_size: int = 16,
               retract_every: int = 40) -> dict[int, int]:
-    """Post the synthetic log through db.queue/db.accounts as the app would: each person claims the
-    pair (a lease) and votes; every `retract_every`-th opinion is first answered the other way and
-    undone (a retracted vote). Returns {synthetic pair id: database pair id}.
+    """Post the synthetic log through db.accounts, db.runs, db.pairs, db.queue and db.votes as the app
+    would: each person claims the pair (a lease) and votes; every `retract_every`-th opinion is first
+    answered the other way and undone (a retracted vote). Returns {synthetic pair id: database pair id}.
 
     Pairs are posted one at a time and voted on before the next, so `claim_next` hands out exactly
     that pair; skips come first because a skip does not count towards votes_needed.
     """
-    from db import accounts, queue
+    from db import accounts, pairs, queue, runs, votes
 
-    pairs, votes = synthetic_log(spec)
-    run_ids = {r: queue.create_run(engine, prompt=f"synthetic prompt {r}", backbone="synthetic",
-                                   name=f"synthetic-{r}") for r in sorted(pairs["run_id"].unique())}
+    pair_rows, vote_rows = synthetic_log(spec)
+    run_ids = {r: runs.create_run(engine, prompt=f"synthetic prompt {r}", backbone="synthetic",
+                                   name=f"synthetic-{r}") for r in sorted(pair_rows["run_id"].unique())}
     for run_id in run_ids.values():  # people are only offered live pairs of running runs
-        queue.set_run_status(engine, run_id, "running")
+        runs.set_run_status(engine, run_id, "running")
     for who in ANNOTATORS:
         accounts.add_annotator(engine, who)
     people = {who: accounts.get_annotator(engine, who)["id"] for who in ANNOTATORS}
     ids: dict[int, int] = {}
-    by_pair = {pid: grp for pid, grp in votes.groupby("pair_id", sort=False)}
+    by_pair = {pid: grp for pid, grp in vote_rows.groupby("pair_id", sort=False)}
     n_opinions = 0
-    for p in pairs.to_dict("records"):  # rows as dicts (columns → plain Python values)
-        grp = by_pair.get(p["pair_id"], votes.iloc[:0])
+    for p in pair_rows.to_dict("records"):  # rows as dicts (columns → plain Python values)
+        grp = by_pair.get(p["pair_id"], vote_rows.iloc[:0])
         humans = grp[grp["annotator"].notna()]
         humans = pd.concat([humans[humans["choice"] == "skip"], humans[humans["choice"] != "skip"]])
         needed = int((humans["choice"] != "skip").sum())
         if needed == 0:
             humans = humans.iloc[:0]  # nobody would decide it: record the pair without human votes
-        ids[p["pair_id"]] = queue.post_pair(
+        ids[p["pair_id"]] = pairs.post_pair(
             engine, run_ids[p["run_id"]], int(p["step"]), png_bytes(p["pair_id"], "a", image_size),
             png_bytes(p["pair_id"], "b", image_size), seed_a=int(p["seed_a"]), seed_b=int(p["seed_b"]), kind=p["kind"],
             gold_answer=p["gold_answer"] if isinstance(p["gold_answer"], str) else None,
@@ -184,7 +185,7 @@ def write_log(engine, spec: SyntheticSpec = SyntheticSpec(), image_size: int = 1
             votes_needed=max(needed, 1), status="pending" if needed else "decided")
         pid = ids[p["pair_id"]]
         for v in grp[grp["judge"].notna()].to_dict("records"):
-            queue.log_judge(engine, pid, v["judge"], v["choice"], float(v["score_a"]), float(v["score_b"]))
+            votes.log_judge(engine, pid, v["judge"], v["choice"], float(v["score_a"]), float(v["score_b"]))
         for k, v in enumerate(humans.to_dict("records")):
             who = people[v["annotator"]]
             claim = queue.claim_next(engine, who)
@@ -196,11 +197,11 @@ def write_log(engine, spec: SyntheticSpec = SyntheticSpec(), image_size: int = 1
                 last = k == len(humans) - 1
                 if retract_every and n_opinions % retract_every == 0 and not last:
                     other = {"a": "b", "b": "a"}.get(v["choice"], "a")
-                    queue.vote(engine, pid, who, other, shown_left=v["shown_left"], latency_ms=latency)
-                    assert queue.undo_vote(engine, pid, who)
-            queue.vote(engine, pid, who, v["choice"], shown_left=v["shown_left"], latency_ms=latency)
+                    votes.vote(engine, pid, who, other, shown_left=v["shown_left"], latency_ms=latency)
+                    assert votes.undo_vote(engine, pid, who)
+            votes.vote(engine, pid, who, v["choice"], shown_left=v["shown_left"], latency_ms=latency)
     for run_id in run_ids.values():
-        queue.set_run_status(engine, run_id, "finished")
+        runs.set_run_status(engine, run_id, "finished")
     return ids
 
 

@@ -80,43 +80,43 @@ class DbRecorder(Recorder):
     def start(self, config, prompt, question, backbone, judge, fingerprint=None):
         """The one place a run's row is created (after every check of the run has passed), or the
         resumed run's row, which must be this run's: same fingerprint (prompt, prior, judge, seed, folder)."""
-        from db import queue
+        from db import runs
         from dreamdpo.errors import UserError
 
         if self.run_id is None:
-            self.run_id = queue.create_run(
+            self.run_id = runs.create_run(
                 self.engine, prompt, question=question, config=config, backbone=backbone, fingerprint=fingerprint,
                 judge_policy={"judge": judge, "assist_judge": config.get("assist_judge"), **config.get("human", {})},
             )
         else:
-            run = queue.get_run(self.engine, self.run_id)
+            run = runs.get_run(self.engine, self.run_id)
             if run is None or run["prompt"] != prompt or run.get("fingerprint") not in (None, fingerprint):
                 what = "has no run" if run is None else f"holds another run (prompt {run['prompt'][:60]!r})"
                 raise UserError(f"the log {what} under id {self.run_id}; resume with the log and the prompt this "
                                 "run was started with (--db, --prompt), or start a new run with another --out")
             self._history = list((run.get("metrics") or {}).get("history", []))
             self._extra = {k: v for k, v in (run.get("metrics") or {}).items() if k != "history"}
-        queue.set_run_status(self.engine, self.run_id, "running", heartbeat=True)
+        runs.set_run_status(self.engine, self.run_id, "running", heartbeat=True)
         self._last_beat = time.monotonic()
 
     def record(self, judgement, images_a, images_b, context):
         return self._retry(lambda: self._record(judgement, images_a, images_b, context))
 
     def _record(self, judgement, images_a, images_b, context):
-        from db import queue
+        from db import pairs, votes
 
         if judgement.pair_id is not None:
             return
         render = views_png(context.render) if context.render is not None else None
         if judgement.judge == "indistinct":  # a record of the step, never a vote nor a labelled row
-            judgement.pair_id = queue.post_pair(
+            judgement.pair_id = pairs.post_pair(
                 self.engine, self.run_id, context.step, views_png(images_a), views_png(images_b),
                 render_image=render, t=context.t[0], t_b=context.t[1], seed_a=context.seeds[0],
                 seed_b=context.seeds[1], cameras=context.cameras, status="indistinct", distance=context.distance)
             return
         choice = judgement.winner if not judgement.skip else "skip"
         sa, sb = judgement.mean_scores()
-        judgement.pair_id = queue.record_model_comparison(
+        judgement.pair_id = votes.record_model_comparison(
             self.engine, self.run_id, context.step, views_png(images_a), views_png(images_b),
             judgement.judge, choice, sa, sb, raw=judgement.raw, render_image=render,
             t=context.t[0], t_b=context.t[1], seed_a=context.seeds[0], seed_b=context.seeds[1],
@@ -126,28 +126,28 @@ class DbRecorder(Recorder):
 
     def _record_members(self, judgement):
         """Each ensemble member's (and each LMM order's) own vote, on the same pair."""
-        from db import queue
+        from db import votes
         from dreamdpo.judges.ensemble import member_votes
 
         for v in member_votes(judgement):
             sa, sb = v.mean_scores()
-            queue.log_judge(self.engine, judgement.pair_id, v.judge, v.winner if not v.skip else "skip",
+            votes.log_judge(self.engine, judgement.pair_id, v.judge, v.winner if not v.skip else "skip",
                             sa, sb, raw=v.raw)
 
     def progress(self, step, metrics, preview=None):
         return self._retry(lambda: self._progress(step, metrics, preview))
 
     def _progress(self, step, metrics, preview=None):
-        from db import queue
+        from db import images, runs
 
         if not self._history or self._history[-1]["step"] != step:  # a retried call adds no second point
             self._history.append({"step": step, **metrics})
         if len(self._history) > HISTORY_LIMIT:  # keep every other old point: bounded row size
             self._history = self._history[: HISTORY_LIMIT // 2 : 2] + self._history[HISTORY_LIMIT // 2 :]
         if preview is not None:
-            self._extra["preview"] = queue.save_image(self.engine, views_png(preview))
+            self._extra["preview"] = images.save_image(self.engine, views_png(preview))
             self._extra.setdefault("first_preview", self._extra["preview"])  # what the run started from
-        queue.set_run_status(self.engine, self.run_id, None, step=step,  # the step is the heartbeat
+        runs.set_run_status(self.engine, self.run_id, None, step=step,  # the step is the heartbeat
                              metrics={"history": self._history, **self._extra}, heartbeat=True)
         self._last_beat = time.monotonic()
 
@@ -155,13 +155,13 @@ class DbRecorder(Recorder):
         return self._retry(lambda: self._control())
 
     def _control(self):
-        from db import queue
+        from db import runs
         from db.liveness import BEAT_EVERY_S
 
-        run = queue.get_run(self.engine, self.run_id)
+        run = runs.get_run(self.engine, self.run_id)
         status = (run or {}).get("status", "running")
         if status == "paused" and time.monotonic() - self._last_beat >= BEAT_EVERY_S:
-            queue.beat(self.engine, self.run_id)  # paused by an admin, yet alive: resuming shows it running
+            runs.beat(self.engine, self.run_id)  # paused by an admin, yet alive: resuming shows it running
             self._last_beat = time.monotonic()
         return status if status in ("paused", "cancelled") else "running"
 
@@ -169,11 +169,11 @@ class DbRecorder(Recorder):
         return self._retry(lambda: self._finish(status, outputs))
 
     def _finish(self, status, outputs=None):
-        from db import queue
+        from db import images, runs
 
         if outputs and outputs.get("contact_sheet_png"):
-            self._extra["turntable"] = queue.save_image(self.engine, outputs["contact_sheet_png"])
+            self._extra["turntable"] = images.save_image(self.engine, outputs["contact_sheet_png"])
         if outputs:
             self._extra["outputs"] = {k: v for k, v in outputs.items() if isinstance(v, str)}
-        queue.set_run_status(self.engine, self.run_id, status,
+        runs.set_run_status(self.engine, self.run_id, status,
                              metrics={"history": self._history, **self._extra})

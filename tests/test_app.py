@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from streamlit.testing.v1 import AppTest
 
-from db import accounts, queue
+from db import accounts, images, pairs, queue, runs, votes
 from db.models import Pair, Vote
 from dreamdpo.images import png_bytes
 
@@ -39,8 +39,8 @@ def texts(at) -> list[str]:
 
 
 def run_with_pair(engine, prompt="a red cube", question="Which is redder?", votes_needed=1):
-    run_id = queue.create_run(engine, prompt, question=question, status="running")
-    pair_id = queue.post_pair(engine, run_id, 0, png(10), png(200), render_image=png(90), votes_needed=votes_needed)
+    run_id = runs.create_run(engine, prompt, question=question, status="running")
+    pair_id = pairs.post_pair(engine, run_id, 0, png(10), png(200), render_image=png(90), votes_needed=votes_needed)
     return run_id, pair_id
 
 
@@ -111,15 +111,15 @@ def test_buttons_write_the_right_vote_with_the_shown_order(log, button):
     [(choice, logged_left, latency, retracted)] = stored_votes(engine, pair_id)
     assert (choice, logged_left, retracted) == (expected, shown_left, False)
     assert latency is not None and latency >= 0
-    assert queue.get_decision(engine, pair_id) is not None
+    assert votes.get_decision(engine, pair_id) is not None
     assert "No pairs are waiting for you" in at.info[0].value  # the queue is empty again
 
 
 def test_sides_are_randomized_across_pairs(log):
     engine, url, _, users = log
-    run_id = queue.create_run(engine, "p", status="running")
+    run_id = runs.create_run(engine, "p", status="running")
     for step in range(24):
-        queue.post_pair(engine, run_id, step, png(step), png(255 - step))
+        pairs.post_pair(engine, run_id, step, png(step), png(255 - step))
     at = page("annotate_page", url, users["ann"]).run()
     seen = set()
     for _ in range(24):
@@ -131,15 +131,15 @@ def test_sides_are_randomized_across_pairs(log):
 def test_skip_releases_and_the_pair_is_not_offered_again(log):
     engine, url, _, users = log
     run_id, pair_id = run_with_pair(engine)
-    other = queue.post_pair(engine, run_id, 1, png(3), png(4))
+    other = pairs.post_pair(engine, run_id, 1, png(3), png(4))
     at = page("annotate_page", url, users["ann"]).run()
     assert at.session_state["pair"]["pair_id"] == pair_id
     assert queue.claim_next(engine, users["root"]["id"])["pair_id"] == other  # someone else is online
     at.button(key="vote-skip").click().run()
     assert "No pairs are waiting for you" in at.info[0].value
     assert any("it goes to the next person" in c.value for c in at.caption)
-    assert queue.get_decision(engine, pair_id) is None
-    queue.vote(engine, other, users["root"]["id"], "a")
+    assert votes.get_decision(engine, pair_id) is None
+    votes.vote(engine, other, users["root"]["id"], "a")
     assert queue.claim_next(engine, users["root"]["id"])["pair_id"] == pair_id
 
 
@@ -185,7 +185,7 @@ def test_undo_is_withdrawn_when_the_pair_is_decided_by_someone_else(log):
     at.button(key="vote-tie").click().run()
     assert [b for b in at.button if b.key == "undo"]
     queue.claim_pair(engine, pair_id, users["root"]["id"])
-    queue.vote(engine, pair_id, users["root"]["id"], "a")
+    votes.vote(engine, pair_id, users["root"]["id"], "a")
     at.run()
     assert not [b for b in at.button if b.key == "undo"]
 
@@ -202,7 +202,7 @@ def test_vote_after_the_run_was_cancelled_is_refused_with_a_message(log):
     engine, url, _, users = log
     run_id, pair_id = run_with_pair(engine)
     at = page("annotate_page", url, users["ann"]).run()
-    queue.cancel_run(engine, run_id)
+    runs.cancel_run(engine, run_id)
     at.button(key="vote-left").click().run()
     assert f"run {run_id} was cancelled" in at.warning[0].value
     assert stored_votes(engine, pair_id) == []
@@ -219,24 +219,24 @@ def test_html_in_prompt_and_question_is_text(log):
 def test_runs_page_controls_are_for_admins_only(log):
     engine, url, _, users = log
     run_id, _ = run_with_pair(engine)
-    queue.set_run_status(engine, run_id, None, step=3, metrics={"history": [
+    runs.set_run_status(engine, run_id, None, step=3, metrics={"history": [
         {"step": 0, "loss": 1.0, "gap": 0.5}, {"step": 1, "loss": 0.8, "gap": 1.0}]})
     at = page("runs_page", url, users["ann"]).run()
     assert any("steps waiting on people: 1" in t for t in texts(at))
     assert not [b for b in at.button if b.label in ("Pause", "Resume", "Cancel run")]
     at = page("runs_page", url, users["root"]).run()
     at.button(key=f"pause-{run_id}").click().run()
-    assert queue.get_run(engine, run_id)["status"] == "paused"
+    assert runs.get_run(engine, run_id)["status"] == "paused"
     at.button(key=f"resume-{run_id}").click().run()
-    assert queue.get_run(engine, run_id)["status"] == "running"
+    assert runs.get_run(engine, run_id)["status"] == "running"
     at.button(key=f"cancel-{run_id}").click().run()
-    assert queue.get_run(engine, run_id)["status"] == "running"  # asks first
+    assert runs.get_run(engine, run_id)["status"] == "running"  # asks first
     assert any(f"Cancel run {run_id}?" in w.value for w in at.warning)
     at.button(key=f"cancel-no-{run_id}").click().run()
-    assert queue.get_run(engine, run_id)["status"] == "running"
+    assert runs.get_run(engine, run_id)["status"] == "running"
     at.button(key=f"cancel-{run_id}").click().run()
     at.button(key=f"cancel-yes-{run_id}").click().run()
-    assert queue.get_run(engine, run_id)["status"] == "cancelled"
+    assert runs.get_run(engine, run_id)["status"] == "cancelled"
 
 
 def test_runs_page_charts_each_quantity_on_its_own_axis_and_keeps_finished_runs(log):
@@ -247,8 +247,8 @@ def test_runs_page_charts_each_quantity_on_its_own_axis_and_keeps_finished_runs(
                for s, src in zip(range(40), ["learned", "human", "toy-reward", "learned"] * 10)]
     first, latest = png(10), png(200)
     with Session(engine) as s, s.begin():
-        ids = [queue.put_image(s, first), queue.put_image(s, latest)]
-    queue.set_run_status(engine, run_id, "finished", step=40,
+        ids = [images.put_image(s, first), images.put_image(s, latest)]
+    runs.set_run_status(engine, run_id, "finished", step=40,
                          metrics={"history": history, "first_preview": ids[0], "preview": ids[1], "turntable": ids[1]})
     at = page("runs_page", url, users["ann"]).run()
     assert at.toggle[0].value  # no live run: finished ones are shown
@@ -293,7 +293,7 @@ def test_export_downloads_stay_after_a_rerun(log):
     engine, url, _, users = log
     _, pair_id = run_with_pair(engine)
     queue.claim_pair(engine, pair_id, users["ann"]["id"])
-    queue.vote(engine, pair_id, users["ann"]["id"], "a")
+    votes.vote(engine, pair_id, users["ann"]["id"], "a")
     at = page("export_page", url, users["root"]).run()
     assert count_type(at.main, "download_button") == 0
     at.button[0].click().run()
@@ -344,6 +344,6 @@ def test_a_stalled_run_says_so_and_how_to_resume_it(log):
     at = page("runs_page", url, users["root"]).run()
     assert any("--resume" in c.value for c in at.code)
     assert not [b for b in at.button if b.label == "Pause"] and at.button(key=f"cancel-{run_id}")
-    assert queue.get_run(engine, run_id)["stored_status"] == "running"
-    queue.set_run_status(engine, run_id, None, step=1, heartbeat=True)  # resumed: it beats again
+    assert runs.get_run(engine, run_id)["stored_status"] == "running"
+    runs.set_run_status(engine, run_id, None, step=1, heartbeat=True)  # resumed: it beats again
     assert not page("runs_page", url, users["ann"]).run().warning

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from annotator.browser import free_port, sign_in, until, wait_empty, wait_pair
-from db import accounts, queue
+from db import accounts, pairs, runs
 from db.engine import connect
 from db.models import Pair, Vote
 from dreamdpo.commands.annotate import start_app, stop_app, wait_ready
@@ -59,8 +59,8 @@ def open_page(browser, base: str, token: str):
 
 
 def run_with_pairs(engine, n: int, votes_needed: int = 1) -> list[int]:
-    run_id = queue.create_run(engine, "a red cube", question="Which is redder?", status="running")
-    return [queue.post_pair(engine, run_id, i, views(2 * i), views(2 * i + 1), votes_needed=votes_needed)
+    run_id = runs.create_run(engine, "a red cube", question="Which is redder?", status="running")
+    return [pairs.post_pair(engine, run_id, i, views(2 * i), views(2 * i + 1), votes_needed=votes_needed)
             for i in range(n)]
 
 

@@ -1,5 +1,5 @@
 """`dreamdpo export` / `dreamdpo stats` and the Audit / Export pages on a real SQLite log holding
-the synthetic log (written through db.queue)."""
+the synthetic log (written through the log's write API: db.runs, db.pairs, db.queue, db.votes)."""
 from __future__ import annotations
 
 import json

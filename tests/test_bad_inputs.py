@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from db import accounts, queue
+from db import accounts, pairs, queue, runs, votes
 from db import engine as db_engine
 from dreamdpo.cli import main
 from dreamdpo.images import png_bytes
@@ -39,11 +39,11 @@ def world(tmp_path):
     engine = db_engine.connect(url)
     accounts.add_annotator(engine, "alice")
     admin = accounts.authenticate(engine, accounts.add_annotator(engine, "root", admin=True))
-    run_id = queue.create_run(engine, "a red cube", status="running")
-    pair = queue.post_pair(engine, run_id, 0, png(10), png(200))
+    run_id = runs.create_run(engine, "a red cube", status="running")
+    pair = pairs.post_pair(engine, run_id, 0, png(10), png(200))
     queue.claim_pair(engine, pair, admin["id"])
-    queue.vote(engine, pair, admin["id"], "a")
-    queue.record_model_comparison(engine, run_id, 1, png(20), png(30), "toy-reward", "b", 0.1, 0.2)
+    votes.vote(engine, pair, admin["id"], "a")
+    votes.record_model_comparison(engine, run_id, 1, png(20), png(30), "toy-reward", "b", 0.1, 0.2)
     files = tmp_path / "files"
     files.mkdir()
     (files / "afile").write_text("not a folder\n")

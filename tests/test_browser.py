@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from annotator.browser import free_port, press, sign_in, until, wait_empty, wait_pair
-from db import accounts, queue
+from db import accounts, pairs, runs, votes
 from db.engine import connect
 from db.models import Claim, Pair, Vote, utcnow
 from dreamdpo.commands.annotate import start_app, stop_app, wait_ready
@@ -69,7 +69,7 @@ def people_votes(engine, pair_id):
 
 
 def post(engine, run_id: int, pngs, i: int, **kw) -> int:
-    return queue.post_pair(engine, run_id, 0, pngs[2 * i], pngs[2 * i + 1], **kw)
+    return pairs.post_pair(engine, run_id, 0, pngs[2 * i], pngs[2 * i + 1], **kw)
 
 
 def test_keyboard_votes_drive_a_real_optimization(server, browser, tiny_sd, tmp_path):
@@ -101,14 +101,14 @@ def test_keyboard_votes_drive_a_real_optimization(server, browser, tiny_sd, tmp_
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "annotate-page.png"), full_page=True)
             press(page, key)
-            until(lambda pid=pid: queue.get_decision(engine, pid), f"step {step}: the key {key} decided nothing")
+            until(lambda pid=pid: votes.get_decision(engine, pid), f"step {step}: the key {key} decided nothing")
             pair_ids.append(pid)
         pair_ids = pair_ids[1:]
         loop.join(TIMEOUT_S)
     finally:
         context.close()
         if loop.is_alive() and recorder.run_id is not None:  # a failure above: stop the loop's wait
-            queue.cancel_run(engine, recorder.run_id)
+            runs.cancel_run(engine, recorder.run_id)
             loop.join(TIMEOUT_S)
     assert not loop.is_alive()
     res = result["r"]
@@ -123,12 +123,12 @@ def test_keyboard_votes_drive_a_real_optimization(server, browser, tiny_sd, tmp_
                                                                           int(expected == "both_bad"))
         assert row["gap"] == (1.0 if winner in ("a", "b") else 0.0)
         assert row["push"] == int(winner in ("a", "b"))
-    assert queue.get_run(engine, recorder.run_id)["status"] == "finished"
+    assert runs.get_run(engine, recorder.run_id)["status"] == "finished"
 
 
 def test_two_annotators_k2_both_counted_decided_once(server, browser, pngs):
     engine, base = server
-    run_id = queue.create_run(engine, "two people", status="running")
+    run_id = runs.create_run(engine, "two people", status="running")
     pid = post(engine, run_id, pngs, 0, votes_needed=2)
     (t1, a1), (t2, a2) = annotator(engine, "pat"), annotator(engine, "sam")
     c1, p1 = sign_in(browser, base, t1)
@@ -138,14 +138,14 @@ def test_two_annotators_k2_both_counted_decided_once(server, browser, pngs):
         wait_pair(p2, pid)
         press(p1, "tie")
         wait_empty(p1)
-        assert queue.get_decision(engine, pid) is None
+        assert votes.get_decision(engine, pid) is None
         press(p2, "tie")
         wait_empty(p2)
     finally:
         c1.close()
         c2.close()
     assert sorted((a, c) for a, c, _, _ in people_votes(engine, pid)) == sorted([(a1, "tie"), (a2, "tie")])
-    d = queue.get_decision(engine, pid)
+    d = votes.get_decision(engine, pid)
     assert (d["winner"], d["rule"], d["n_tie"]) == ("tie", "unanimous", 2)
     with engine.connect() as c:
         assert c.execute(sa.text("select count(*) from decisions where pair_id = :p"), {"p": pid}).scalar() == 1
@@ -153,7 +153,7 @@ def test_two_annotators_k2_both_counted_decided_once(server, browser, pngs):
 
 def test_closed_tab_lease_expires_and_another_annotator_gets_the_pair(server, browser, pngs):
     engine, base = server
-    run_id = queue.create_run(engine, "closed tab", status="running")
+    run_id = runs.create_run(engine, "closed tab", status="running")
     pid = post(engine, run_id, pngs, 1)
     (t1, a1), (t2, a2) = annotator(engine, "leaver"), annotator(engine, "stayer")
     c1, p1 = sign_in(browser, base, t1)
@@ -178,7 +178,7 @@ def test_closed_tab_lease_expires_and_another_annotator_gets_the_pair(server, br
 def test_html_in_prompt_is_inert_and_cancelled_run_refuses_with_a_message(server, browser, pngs):
     engine, base = server
     xss = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
-    run_id = queue.create_run(engine, xss, question="<b>bold?</b>", status="running")
+    run_id = runs.create_run(engine, xss, question="<b>bold?</b>", status="running")
     pid = post(engine, run_id, pngs, 2)
     token, _ = annotator(engine, "careful")
     context, page = sign_in(browser, base, token)
@@ -187,7 +187,7 @@ def test_html_in_prompt_is_inert_and_cancelled_run_refuses_with_a_message(server
         page.get_by_text(xss, exact=True).wait_for()
         page.get_by_text("<b>bold?</b>", exact=True).wait_for()
         assert page.evaluate("window.pwned") is None
-        queue.cancel_run(engine, run_id)
+        runs.cancel_run(engine, run_id)
         press(page, "left")
         page.get_by_text(f"run {run_id} was cancelled").wait_for()
     finally:

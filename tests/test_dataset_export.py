@@ -362,7 +362,7 @@ def _mark_indistinct(engine, frame) -> int:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_export_from_the_database_loses_nothing(engine, tmp_path):
-    """Through db.queue (claims, votes, undo, judges) into SQLite and PostgreSQL, out through
+    """Through db.queue and db.votes (claims, votes, undo, judges) into SQLite and PostgreSQL, out through
     export_log in chunks of 7, in every format: every vote accounted for, image bytes as stored."""
     from db import qc
     from db.read import votes_frame

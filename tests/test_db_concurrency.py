@@ -34,7 +34,7 @@ def png(i: int) -> bytes:
 
 def poster(url: str, run_id: int, stop, out: str, seed: int) -> None:
     """The optimizer's side: post pairs (k = 1..3), wait for some decisions, record what it was told."""
-    from db import queue
+    from db import pairs, votes
     from db.engine import connect
 
     eng, rng, i = connect(url), random.Random(seed), 0
@@ -43,8 +43,8 @@ def poster(url: str, run_id: int, stop, out: str, seed: int) -> None:
             ids = []
             for _ in range(4):
                 i += 1
-                ids.append(queue.post_pair(eng, run_id, i, png(2 * i), png(2 * i + 1), votes_needed=rng.randint(1, 3)))
-            d = queue.wait_for_decision(eng, ids[0], timeout=rng.choice([0.05, 0.5, 2.0]), poll=0.02)
+                ids.append(pairs.post_pair(eng, run_id, i, png(2 * i), png(2 * i + 1), votes_needed=rng.randint(1, 3)))
+            d = votes.wait_for_decision(eng, ids[0], timeout=rng.choice([0.05, 0.5, 2.0]), poll=0.02)
             f.write(f"wait {ids[0]} {d['winner'] if d else 'none'}\n")
             f.flush()
             time.sleep(0.05)
@@ -52,7 +52,7 @@ def poster(url: str, run_id: int, stop, out: str, seed: int) -> None:
 
 def annotator(url: str, annotator_id: int, stop, out: str, seed: int) -> None:
     """A person's loop: claim, sometimes skip, stall past the lease or try a pair they do not hold."""
-    from db import queue
+    from db import queue, votes
     from db.engine import connect
     from db.errors import LogError
 
@@ -70,7 +70,7 @@ def annotator(url: str, annotator_id: int, stop, out: str, seed: int) -> None:
             if r < 0.10:  # a vote on a pair not held must be refused
                 other = pid + rng.randint(1, 5)
                 try:
-                    res = queue.vote(eng, other, annotator_id, "a")
+                    res = votes.vote(eng, other, annotator_id, "a")
                     if res["vote_id"] is not None and not _held_or_voted(eng, other, annotator_id):
                         f.write(f"BAD unleased vote accepted on {other}\n")
                 except LogError:
@@ -79,14 +79,14 @@ def annotator(url: str, annotator_id: int, stop, out: str, seed: int) -> None:
                 time.sleep(0.2)  # the short lease may run out meanwhile
             choice = rng.choice(["a", "a", "b", "b", "tie", "both_bad"])
             try:
-                res = queue.vote(eng, pid, annotator_id, choice, shown_left=rng.choice("ab"))
+                res = votes.vote(eng, pid, annotator_id, choice, shown_left=rng.choice("ab"))
             except LogError as e:
                 f.write(f"refused {pid} {str(e)[:40]!r}\n")
                 f.flush()
                 continue
             f.write(f"vote {res['vote_id']} {pid} {choice}\n")
             f.flush()
-            if rng.random() < 0.05 and queue.vote(eng, pid, annotator_id, choice)["vote_id"] != res["vote_id"]:
+            if rng.random() < 0.05 and votes.vote(eng, pid, annotator_id, choice)["vote_id"] != res["vote_id"]:
                 f.write(f"BAD repeated vote on {pid} not idempotent\n")
 
 
@@ -111,8 +111,8 @@ def read_acks(paths) -> tuple[dict, list, list]:
 
 
 def check_log(url: str, acked: dict, waits: list, bad: list, killed: set[int] = frozenset()) -> dict:
+    from db.consensus import outcome
     from db.engine import connect
-    from db.queue import outcome
 
     assert bad == []
     eng = connect(url)
@@ -163,12 +163,12 @@ def check_log(url: str, acked: dict, waits: list, bad: list, killed: set[int] = 
 
 
 def setup_log(url: str, n_people: int) -> tuple[int, list[int]]:
-    from db import accounts, queue
+    from db import accounts, runs
     from db.engine import connect
 
     eng = connect(url)
-    run_id = queue.create_run(eng, "a red cube")
-    queue.set_run_status(eng, run_id, "running")
+    run_id = runs.create_run(eng, "a red cube")
+    runs.set_run_status(eng, run_id, "running")
     people = [accounts.authenticate(eng, accounts.add_annotator(eng, f"p{i}"))["id"] for i in range(n_people)]
     eng.dispose()
     return run_id, people

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from db import accounts, queue
+from db import accounts, pairs, runs
 from db import engine as db_engine
 from db.errors import LogError
 from dreamdpo import cli
@@ -85,11 +85,11 @@ def test_upgrade_from_the_first_revision_keeps_rows_and_allows_indistinct_pairs(
         db_engine.connect(str(path))
     assert db_engine.upgrade(str(path)) == db_engine._head()
     eng = db_engine.connect(str(path))
-    assert queue.get_run(eng, 1)["prompt"] == "a cube"
+    assert runs.get_run(eng, 1)["prompt"] == "a cube"
     from dreamdpo.images import png_bytes
 
     png = png_bytes(np.zeros((4, 4, 3), np.uint8))
-    pair = queue.post_pair(eng, 1, 0, png, png)
+    pair = pairs.post_pair(eng, 1, 0, png, png)
     with eng.begin() as conn:
         conn.exec_driver_sql(f"UPDATE pairs SET status = 'indistinct', distance = 0.0 WHERE id = {pair}")
         with pytest.raises(sa.exc.IntegrityError):
@@ -100,16 +100,16 @@ def test_upgrade_from_the_first_revision_keeps_rows_and_allows_indistinct_pairs(
 def test_engine_is_fork_safe(tmp_path):
     path = str(tmp_path / "log.sqlite")
     eng = db_engine.connect(path)
-    queue.create_run(eng, "parent")
+    runs.create_run(eng, "parent")
     ctx = mp.get_context("fork")
     with ctx.Pool(2) as pool:
         ids = pool.map(_create_in_child, [path, path])
     assert sorted(ids) == [2, 3]
-    assert [r["prompt"] for r in queue.list_runs(eng)] == ["parent", "child", "child"]
+    assert [r["prompt"] for r in runs.list_runs(eng)] == ["parent", "child", "child"]
 
 
 def _create_in_child(path: str) -> int:
-    return queue.create_run(db_engine.connect(path), "child")
+    return runs.create_run(db_engine.connect(path), "child")
 
 
 def test_accounts(engine):

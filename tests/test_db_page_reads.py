@@ -1,13 +1,13 @@
 """The reads and the one write the app's pages make through db/ (no SQL in annotator/): a person's
 recent votes and a run's latest render (db/recent.py), the waiting pairs per run (db/feedback.py),
-the account a session cookie is checked against (db/accounts.py), a run's config key (db/queue.py)."""
+the account a session cookie is checked against (db/accounts.py), a run's config key (db/runs.py)."""
 from __future__ import annotations
 
 from datetime import timedelta
 
 import pytest
 
-from db import accounts, feedback, queue
+from db import accounts, feedback, queue, runs, votes
 from db.errors import LogError
 from db.models import utcnow
 from db.recent import latest_render, recent_votes
@@ -16,14 +16,14 @@ from test_db_queue import person, png, post
 
 @pytest.fixture()
 def run(engine):
-    rid = queue.create_run(engine, "a red cube", config={"lr": 0.01})
-    queue.set_run_status(engine, rid, "running")
+    rid = runs.create_run(engine, "a red cube", config={"lr": 0.01})
+    runs.set_run_status(engine, rid, "running")
     return rid
 
 
 def vote(engine, pair_id, annotator_id, choice):
     assert queue.claim_pair(engine, pair_id, annotator_id) is not None
-    return queue.vote(engine, pair_id, annotator_id, choice, shown_left="a")
+    return votes.vote(engine, pair_id, annotator_id, choice, shown_left="a")
 
 
 def test_recent_votes_are_the_persons_own_newest_first_with_the_outcome(engine, run):
@@ -46,12 +46,12 @@ def test_latest_render_is_the_runs_newest_pair_with_one(engine, run):
     post(engine, run, 2, render_image=png(101))
     post(engine, run, 3)  # a QC-like pair without a render does not hide the run's latest one
     assert latest_render(engine, run) == png(101)
-    other = queue.create_run(engine, "a blue sphere")
+    other = runs.create_run(engine, "a blue sphere")
     assert latest_render(engine, other) is None
 
 
 def test_waiting_pairs_by_run_counts_what_waiting_pairs_counts(engine, run):
-    other = queue.create_run(engine, "a blue sphere")
+    other = runs.create_run(engine, "a blue sphere")
     post(engine, run, 1, deadline=utcnow() + timedelta(hours=1))
     post(engine, run, 2)
     post(engine, run, 3, deadline=utcnow() - timedelta(seconds=1))  # past its deadline
@@ -76,10 +76,10 @@ def test_session_account_is_the_active_account_with_its_token_hash(engine):
 
 
 def test_set_run_config_sets_and_removes_one_key(engine, run):
-    queue.set_run_config(engine, run, "instructions", "Pick the redder one.")
-    assert queue.get_run(engine, run)["config"] == {"lr": 0.01, "instructions": "Pick the redder one."}
-    queue.set_run_config(engine, run, "instructions", None)
-    queue.set_run_config(engine, run, "missing", None)
-    assert queue.get_run(engine, run)["config"] == {"lr": 0.01}
+    runs.set_run_config(engine, run, "instructions", "Pick the redder one.")
+    assert runs.get_run(engine, run)["config"] == {"lr": 0.01, "instructions": "Pick the redder one."}
+    runs.set_run_config(engine, run, "instructions", None)
+    runs.set_run_config(engine, run, "missing", None)
+    assert runs.get_run(engine, run)["config"] == {"lr": 0.01}
     with pytest.raises(LogError, match="run 10000 does not exist"):
-        queue.set_run_config(engine, 10_000, "instructions", "x")
+        runs.set_run_config(engine, 10_000, "instructions", "x")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from db import queue
+from db import runs
 from db.engine import connect
 from dreamdpo.cli import build_parser
 from dreamdpo.commands.annotate import DEMO_PROMPT, demo_run_dir
@@ -17,10 +17,10 @@ def args(**kw):
 
 
 def finish(engine, out, prompt):
-    run_id = queue.create_run(engine, prompt, status="running")
+    run_id = runs.create_run(engine, prompt, status="running")
     out.mkdir(parents=True, exist_ok=True)
     (out / "log.json").write_text(json.dumps({"run_id": run_id}))
-    queue.set_run_status(engine, run_id, "finished")
+    runs.set_run_status(engine, run_id, "finished")
     return run_id
 
 

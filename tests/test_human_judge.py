@@ -1,5 +1,5 @@
 """The human judge against a real SQLite log, with people played by threads that claim and vote
-through db.queue exactly as the app does."""
+through db.queue and db.votes exactly as the app does."""
 from __future__ import annotations
 
 import threading
@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-from db import accounts, queue
+from db import accounts, pairs, queue, runs, votes
 from db.engine import connect
 from db.errors import LogError
 from db.models import Pair, Vote
@@ -36,7 +36,7 @@ class FixedGapJudge(Judge):
 @pytest.fixture
 def log(tmp_path):
     engine = connect(f"sqlite:///{tmp_path / 'log.sqlite'}")
-    run_id = queue.create_run(engine, "a red cube", question="Which is redder?", status="running")
+    run_id = runs.create_run(engine, "a red cube", question="Which is redder?", status="running")
     return engine, run_id
 
 
@@ -59,7 +59,7 @@ def people(engine, choices: list[str], names=("ann", "bob", "cid")):
         while time.monotonic() < end:
             pair = queue.claim_next(engine, aid)
             if pair is not None:
-                queue.vote(engine, pair["pair_id"], aid, choice, shown_left="a", latency_ms=5)
+                votes.vote(engine, pair["pair_id"], aid, choice, shown_left="a", latency_ms=5)
                 return
             time.sleep(0.02)
 
@@ -69,7 +69,7 @@ def people(engine, choices: list[str], names=("ann", "bob", "cid")):
     return threads
 
 
-def votes(engine, pair_id):
+def vote_rows(engine, pair_id):
     with engine.connect() as c:
         return c.execute(sa.select(Vote.annotator_id, Vote.judge_name, Vote.choice)
                          .where(Vote.pair_id == pair_id).order_by(Vote.id)).all()
@@ -100,7 +100,7 @@ def test_votes_map_to_winner_and_gap(log, choices, winner, gap, skip):
     assert (row["status"], row["kind"], row["step"], row["t"], row["t_b"], row["seed_a"], row["votes_needed"]) == (
         "decided", "live", 3, 500, 400, 11, len(choices))
     assert row["render_image"] is not None and row["deadline"] is not None
-    assert sorted(c for _, _, c in votes(engine, j.pair_id)) == sorted(choices)
+    assert sorted(c for _, _, c in vote_rows(engine, j.pair_id)) == sorted(choices)
 
 
 def test_majority_of_three_gives_the_vote_margin():
@@ -124,7 +124,7 @@ def test_timeout_applies_the_fallback_logs_it_and_refuses_late_votes(log, fallba
     j = judge.compare(a, b, "a red cube", ctx(run_id))
     assert (j.winner, j.skip, j.extra["source"]) == (winner, skip, logged[0])
     assert pair_row(engine, j.pair_id)["status"] == "expired"
-    assert [(n, c) for _, n, c in votes(engine, j.pair_id)] == [logged]
+    assert [(n, c) for _, n, c in vote_rows(engine, j.pair_id)] == [logged]
     assert queue.claim_next(engine, aid) is None  # the expired pair is not offered any more
 
 
@@ -149,7 +149,7 @@ def test_late_vote_with_a_lease_is_refused(log):
             break
     assert claimed["pair_id"] == j.pair_id
     with pytest.raises(LogError, match="expired"):
-        queue.vote(engine, j.pair_id, aid, "a")
+        votes.vote(engine, j.pair_id, aid, "a")
 
 
 def test_every_kth_step_goes_to_people_and_the_rest_to_the_model(log):
@@ -186,7 +186,7 @@ def test_audit_pairs_are_posted_without_waiting_with_the_model_vote_on_the_same_
     assert j.judge == "fixed" and j.extra["audit"] and j.pair_id is not None
     row = pair_row(engine, j.pair_id)
     assert (row["kind"], row["status"], row["votes_needed"], row["deadline"]) == ("audit", "pending", 2, None)
-    assert [(n, c) for _, n, c in votes(engine, j.pair_id)] == [("fixed", "a")]
+    assert [(n, c) for _, n, c in vote_rows(engine, j.pair_id)] == [("fixed", "a")]
     # a person can now vote on it: the join of model and human votes is one pair
     aid = accounts.authenticate(engine, accounts.add_annotator(engine, "auditor"))["id"]
     assert queue.claim_next(engine, aid)["pair_id"] == j.pair_id
@@ -206,9 +206,9 @@ def test_a_cancelled_run_stops_the_wait(log):
     judge = HumanJudge(engine, HumanPolicy(timeout_s=600, fallback="pull"))  # only the cancel ends this wait
 
     def cancel_once_posted():
-        while not queue.list_runs(engine) or _pairs(engine) == 0:
+        while not runs.list_runs(engine) or _pairs(engine) == 0:
             time.sleep(0.05)
-        queue.cancel_run(engine, run_id)
+        runs.cancel_run(engine, run_id)
 
     threading.Thread(target=cancel_once_posted, daemon=True).start()
     j = judge.compare(*images(7), "p", ctx(run_id))
@@ -228,7 +228,7 @@ def test_a_pair_expired_early_ends_the_wait_with_the_fallback(log):
     def expire_once_posted():
         while _pairs(engine) == 0:
             time.sleep(0.05)
-        assert queue.expire_pair(engine, 1)
+        assert pairs.expire_pair(engine, 1)
 
     threading.Thread(target=expire_once_posted, daemon=True).start()
     j = judge.compare(*images(9), "p", ctx(run_id))

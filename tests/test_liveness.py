@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from db import accounts, liveness, queue
+from db import accounts, liveness, pairs, queue, runs, votes
 from db.errors import LogError
 from db.models import Run, utcnow
 from dreamdpo.recording import DbRecorder
@@ -35,8 +35,8 @@ def set_times(engine, run_id: int, **values) -> None:
 
 
 def running(engine, prompt="a red cube") -> int:
-    rid = queue.create_run(engine, prompt)
-    queue.set_run_status(engine, rid, "running")
+    rid = runs.create_run(engine, prompt)
+    runs.set_run_status(engine, rid, "running")
     return rid
 
 
@@ -104,28 +104,28 @@ def test_start_and_every_progress_write_the_heartbeat_in_the_steps_update(engine
 def test_the_apps_status_buttons_are_no_sign_of_life(engine):
     rid = running(engine)
     set_times(engine, rid, heartbeat_at=T0)
-    queue.set_run_status(engine, rid, "paused")
-    queue.set_run_status(engine, rid, "running")  # an admin's Resume on a run whose process is gone
+    runs.set_run_status(engine, rid, "paused")
+    runs.set_run_status(engine, rid, "running")  # an admin's Resume on a run whose process is gone
     assert stored(engine, rid)["heartbeat_at"] == T0
-    assert queue.get_run(engine, rid)["status"] == "stalled"
+    assert runs.get_run(engine, rid)["status"] == "stalled"
 
 
 def test_a_paused_run_beats_while_it_waits_and_a_wait_for_people_beats(engine):
     rec = started(engine)
-    queue.set_run_status(engine, rec.run_id, "paused")
+    runs.set_run_status(engine, rec.run_id, "paused")
     set_times(engine, rec.run_id, heartbeat_at=T0)
     assert rec.control() == "paused" and stored(engine, rec.run_id)["heartbeat_at"] == T0  # beat at start, moments ago
     rec._last_beat -= liveness.BEAT_EVERY_S
     assert rec.control() == "paused" and stored(engine, rec.run_id)["heartbeat_at"] > T0
-    queue.set_run_status(engine, rec.run_id, "running")
-    assert queue.get_run(engine, rec.run_id)["status"] == "running"  # resumed by the admin: alive at once
+    runs.set_run_status(engine, rec.run_id, "running")
+    assert runs.get_run(engine, rec.run_id)["status"] == "running"  # resumed by the admin: alive at once
 
-    pair = queue.post_pair(engine, rec.run_id, 0, png(1), png(2))
+    pair = pairs.post_pair(engine, rec.run_id, 0, png(1), png(2))
     set_times(engine, rec.run_id, heartbeat_at=T0)
-    assert queue.wait_for_decision(engine, pair, timeout=0.3, poll=0.02, beat_every=None) is None
+    assert votes.wait_for_decision(engine, pair, timeout=0.3, poll=0.02, beat_every=None) is None
     assert stored(engine, rec.run_id)["heartbeat_at"] == T0
-    pair = queue.post_pair(engine, rec.run_id, 1, png(3), png(4))
-    assert queue.wait_for_decision(engine, pair, timeout=0.3, poll=0.02, beat_every=0.05) is None
+    pair = pairs.post_pair(engine, rec.run_id, 1, png(3), png(4))
+    assert votes.wait_for_decision(engine, pair, timeout=0.3, poll=0.02, beat_every=0.05) is None
     assert stored(engine, rec.run_id)["heartbeat_at"] > T0
 
 
@@ -134,37 +134,37 @@ def test_an_old_heartbeat_reads_stalled_a_fresh_one_running_and_the_stored_statu
     rid = running(engine)
     set_times(engine, rid, heartbeat_at=T0, updated_at=T0 + timedelta(seconds=100))  # the heartbeat wins
     fresh, old = T0 + timedelta(seconds=119), T0 + timedelta(seconds=121)
-    assert queue.get_run(engine, rid, now=fresh)["status"] == "running"
-    run = queue.get_run(engine, rid, now=old)
+    assert runs.get_run(engine, rid, now=fresh)["status"] == "running"
+    run = runs.get_run(engine, rid, now=old)
     assert (run["status"], run["stored_status"], run["last_seen"]) == ("stalled", "running", T0)
-    assert queue.get_run(engine, rid, now=old, stalled_after_s=600)["status"] == "running"
+    assert runs.get_run(engine, rid, now=old, stalled_after_s=600)["status"] == "running"
     assert stored(engine, rid)["status"] == "running"  # a read never rewrites it
 
     other = running(engine, "a blue ball")
     set_times(engine, other, heartbeat_at=old)
-    assert [(r["id"], r["status"]) for r in queue.list_runs(engine, now=old)] == [(rid, "stalled"), (other, "running")]
-    assert [r["id"] for r in queue.list_runs(engine, status="stalled", now=old)] == [rid]
-    assert [r["id"] for r in queue.list_runs(engine, status="running", now=old)] == [other]
+    assert [(r["id"], r["status"]) for r in runs.list_runs(engine, now=old)] == [(rid, "stalled"), (other, "running")]
+    assert [r["id"] for r in runs.list_runs(engine, status="stalled", now=old)] == [rid]
+    assert [r["id"] for r in runs.list_runs(engine, status="running", now=old)] == [other]
 
 
 def test_a_row_without_heartbeat_falls_back_to_its_last_update(engine):
     rid = running(engine)
     set_times(engine, rid, heartbeat_at=None, updated_at=T0)
-    assert queue.get_run(engine, rid, now=T0 + timedelta(seconds=60))["status"] == "running"
-    run = queue.get_run(engine, rid, now=T0 + timedelta(seconds=600))
+    assert runs.get_run(engine, rid, now=T0 + timedelta(seconds=60))["status"] == "running"
+    run = runs.get_run(engine, rid, now=T0 + timedelta(seconds=600))
     assert (run["status"], run["last_seen"]) == ("stalled", T0)
-    assert [r["id"] for r in queue.list_runs(engine, status="stalled", now=T0 + timedelta(seconds=600))] == [rid]
+    assert [r["id"] for r in runs.list_runs(engine, status="stalled", now=T0 + timedelta(seconds=600))] == [rid]
 
 
 @pytest.mark.parametrize("status", ["finished", "failed", "cancelled", "paused", "pending"])
 def test_a_run_that_is_not_running_is_never_stalled(engine, status):
     rid = running(engine)
-    queue.set_run_status(engine, rid, status)
+    runs.set_run_status(engine, rid, status)
     set_times(engine, rid, heartbeat_at=T0, updated_at=T0)
     later = T0 + timedelta(days=30)
-    assert queue.get_run(engine, rid, now=later)["status"] == status
-    assert [r["status"] for r in queue.list_runs(engine, now=later)] == [status]
-    assert queue.list_runs(engine, status="stalled", now=later) == []
+    assert runs.get_run(engine, rid, now=later)["status"] == status
+    assert [r["status"] for r in runs.list_runs(engine, now=later)] == [status]
+    assert runs.list_runs(engine, status="stalled", now=later) == []
 
 
 def test_sql_and_predicate_agree(engine):
@@ -175,26 +175,26 @@ def test_sql_and_predicate_agree(engine):
     ids = []
     for status, beat, updated in cases:
         rid = running(engine)
-        queue.set_run_status(engine, rid, status)
+        runs.set_run_status(engine, rid, status)
         set_times(engine, rid, heartbeat_at=beat, updated_at=updated)
         ids.append(rid)
-    by_predicate = [rid for rid in ids if queue.get_run(engine, rid, now=now)["status"] == "stalled"]
+    by_predicate = [rid for rid in ids if runs.get_run(engine, rid, now=now)["status"] == "stalled"]
     assert by_predicate == ids[:2]
-    assert [r["id"] for r in queue.list_runs(engine, status="stalled", now=now)] == by_predicate
+    assert [r["id"] for r in runs.list_runs(engine, status="stalled", now=now)] == by_predicate
 
 
 def test_a_stalled_runs_live_pairs_are_still_offered_and_resuming_makes_it_running(engine):
     """By design: votes cast while the run is down are used after --resume (tests/test_async_human.py)."""
     rec = started(engine)
-    pair = queue.post_pair(engine, rec.run_id, 0, png(5), png(6))
+    pair = pairs.post_pair(engine, rec.run_id, 0, png(5), png(6))
     set_times(engine, rec.run_id, heartbeat_at=utcnow() - timedelta(hours=1))  # the process died an hour ago
-    assert queue.get_run(engine, rec.run_id)["status"] == "stalled"
+    assert runs.get_run(engine, rec.run_id)["status"] == "stalled"
     ann = accounts.authenticate(engine, accounts.add_annotator(engine, "ann"))["id"]
     claim = queue.claim_next(engine, ann)
     assert claim is not None and claim["pair_id"] == pair
-    queue.vote(engine, pair, ann, "a")
-    assert queue.get_decision(engine, pair)["winner"] == "a"
+    votes.vote(engine, pair, ann, "a")
+    assert votes.get_decision(engine, pair)["winner"] == "a"
 
     resumed = DbRecorder(engine, run_id=rec.run_id)
     resumed.start({"steps": 3}, "a red cube", "Which is redder?", "toy", "toy-reward", fingerprint="f" * 64)
-    assert queue.get_run(engine, rec.run_id)["status"] == "running"
+    assert runs.get_run(engine, rec.run_id)["status"] == "running"

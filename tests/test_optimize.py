@@ -158,7 +158,7 @@ def test_step_seeds_are_distinct_and_stable():
 
 
 def test_every_judged_pair_is_logged_in_the_preference_log(tiny_sd, tmp_path):
-    from db import queue
+    from db import images, runs
     from db.engine import connect
     from db.read import pairs_frame, votes_frame
     from dreamdpo.recording import DbRecorder
@@ -167,10 +167,10 @@ def test_every_judged_pair_is_logged_in_the_preference_log(tiny_sd, tmp_path):
     cfg = config(tiny_sd, tmp_path / "run", steps=5, judge="toy-reward")
     rec = DbRecorder(engine)
     res = optimize(cfg, judge=BrightnessJudge(), recorder=rec, progress=False)
-    run = queue.get_run(engine, rec.run_id)
+    run = runs.get_run(engine, rec.run_id)
     assert run["status"] == "finished" and run["step"] == 4 and run["prompt"] == "a red cube"
     assert [h["step"] for h in run["metrics"]["history"]] == list(range(5))
-    assert queue.get_image(engine, run["metrics"]["turntable"]) is not None
+    assert images.get_image(engine, run["metrics"]["turntable"]) is not None
     votes, pairs = votes_frame(engine, run_id=rec.run_id), pairs_frame(engine, run_id=rec.run_id)
     assert sorted(pairs["step"]) == list(range(5)) and (pairs["winner"].notna()).all()
     assert (votes["judge"] == "brightness").all() and votes["annotator"].isna().all()

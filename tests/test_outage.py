@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
 from annotator.guard import UNREACHABLE
-from db import accounts, queue
+from db import accounts, pairs, queue, runs, votes
 from db import engine as db_engine
 from db.engine import connect, is_transient, ping, retry
 from db.errors import LogError, LogGone, LogUnreachable
@@ -86,8 +86,8 @@ def sqlite_log(tmp_path):
     engine = connect(url)
     token = accounts.add_annotator(engine, "ann")
     me = accounts.authenticate(engine, token)["id"]
-    run_id = queue.create_run(engine, "a red cube", status="running")
-    pair = queue.post_pair(engine, run_id, 0, png(1), png(2))
+    run_id = runs.create_run(engine, "a red cube", status="running")
+    pair = pairs.post_pair(engine, run_id, 0, png(1), png(2))
     yield {"path": path, "url": url, "engine": engine, "token": token, "me": me, "pair": pair}
     db_engine._ENGINES.pop(url, None)
     engine.dispose()
@@ -102,7 +102,7 @@ def test_a_deleted_log_file_stops_every_call_instead_of_losing_votes(sqlite_log)
     engine, me, pair = sqlite_log["engine"], sqlite_log["me"], sqlite_log["pair"]
     assert queue.claim_next(engine, me)["pair_id"] == pair
     remove_log(sqlite_log["path"])
-    for call in (lambda: queue.vote(engine, pair, me, "a"), lambda: queue.claim_next(engine, me),
+    for call in (lambda: votes.vote(engine, pair, me, "a"), lambda: queue.claim_next(engine, me),
                  lambda: accounts.list_annotators(engine), lambda: ping(engine)):
         with pytest.raises(LogGone, match="deleted"):
             call()
@@ -198,8 +198,8 @@ def test_the_app_says_the_log_is_unreachable_then_carries_on(pg, monkeypatch):
     url = pg.database()
     engine = connect(url)
     token = accounts.add_annotator(engine, "ann")
-    run_id = queue.create_run(engine, "a red cube", status="running")
-    pair = queue.post_pair(engine, run_id, 0, png(1), png(2))
+    run_id = runs.create_run(engine, "a red cube", status="running")
+    pair = pairs.post_pair(engine, run_id, 0, png(1), png(2))
     monkeypatch.setenv("DREAMDPO_DB", url)
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.text_input[0].input(token)
@@ -217,10 +217,10 @@ def test_the_app_says_the_log_is_unreachable_then_carries_on(pg, monkeypatch):
     at.run()
     assert not at.exception and UNREACHABLE not in [w.value for w in at.warning]
     assert any("not stored" in w.value for w in at.warning)  # what happened to the click is said once back
-    assert queue.get_decision(engine, pair) is None  # the vote clicked while down was not stored ...
+    assert votes.get_decision(engine, pair) is None  # the vote clicked while down was not stored ...
     assert at.session_state["pair"]["pair_id"] == pair  # ... and the same pair, still leased, is shown again
     at.button(key="vote-left").click().run()
-    assert queue.get_decision(engine, pair) is not None
+    assert votes.get_decision(engine, pair) is not None
 
 
 def test_ping_on_a_healthy_log(sqlite_log):
@@ -246,7 +246,7 @@ def test_in_a_browser_the_page_comes_back_by_itself_after_an_outage(pg, browser)
     url = pg.database()
     engine = connect(url)
     token = accounts.add_annotator(engine, "ann")
-    pair = queue.post_pair(engine, queue.create_run(engine, "a red cube", status="running"), 0, png(1), png(2))
+    pair = pairs.post_pair(engine, runs.create_run(engine, "a red cube", status="running"), 0, png(1), png(2))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

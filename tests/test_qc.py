@@ -20,9 +20,9 @@ def engine(tmp_path):
 
 @pytest.fixture()
 def run_id(engine):
-    from db import queue
+    from db import runs
 
-    return queue.create_run(engine, "a red cube", backbone="synthetic")
+    return runs.create_run(engine, "a red cube", backbone="synthetic")
 
 
 def test_gold_pair_keeps_its_answer(engine, run_id):
@@ -36,10 +36,10 @@ def test_gold_pair_keeps_its_answer(engine, run_id):
 
 
 def test_swapped_duplicate_exchanges_the_images(engine, run_id):
-    from db import queue
+    from db import pairs
 
     a, b = SYN.png_bytes(2, "a"), SYN.png_bytes(2, "b")
-    original = queue.post_pair(engine, run_id, 7, a, b, seed_a=11, seed_b=12)
+    original = pairs.post_pair(engine, run_id, 7, a, b, seed_a=11, seed_b=12)
     dup = qc.post_swapped_duplicate(engine, original)
     row = qc._pair_images(engine, dup)
     assert (row["png_a"], row["png_b"]) == (b, a)
@@ -52,11 +52,11 @@ def test_swapped_duplicate_exchanges_the_images(engine, run_id):
 
 
 def test_mix_in_posts_qc_pairs_at_the_configured_rate(engine, run_id):
-    from db import queue
+    from db import pairs
     from db.read import pairs_frame
 
     qc.post_gold_pair(engine, run_id, SYN.png_bytes(3, "a"), SYN.png_bytes(3, "b"), "a")
-    queue.post_pair(engine, run_id, 0, SYN.png_bytes(4, "a"), SYN.png_bytes(4, "b"))
+    pairs.post_pair(engine, run_id, 0, SYN.png_bytes(4, "a"), SYN.png_bytes(4, "b"))
     assert qc.mix_in(engine, run_id, qc.QCConfig(gold_rate=0.0, duplicate_rate=0.0)) == []
     both = qc.mix_in(engine, run_id, qc.QCConfig(gold_rate=1.0, duplicate_rate=1.0), random.Random(0))
     kinds = pairs_frame(engine).set_index("pair_id").loc[both, "kind"].tolist()

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
 from annotator.browser import CHROMIUM, free_port, sign_in, until
-from db import accounts, qc, queue
+from db import accounts, pairs, qc, queue, runs, votes
 from db.engine import connect
 from db.errors import AccountInactive, LogError
 from db.models import Vote
@@ -79,11 +79,11 @@ def shown_text(at: AppTest) -> str:
 
 def busy_log(engine, users) -> tuple[int, int]:
     """A running run with a render, a pair the other annotator voted on, and one open pair."""
-    run_id = queue.create_run(engine, "a red cube", status="running")
-    voted = queue.post_pair(engine, run_id, 0, png(1), png(2), render_image=png(3), votes_needed=2)
+    run_id = runs.create_run(engine, "a red cube", status="running")
+    voted = pairs.post_pair(engine, run_id, 0, png(1), png(2), render_image=png(3), votes_needed=2)
     queue.claim_pair(engine, voted, users[SECRET]["id"])
-    queue.vote(engine, voted, users[SECRET]["id"], "a")
-    queue.record_model_comparison(engine, run_id, 1, png(4), png(5), "toy-reward", "b", 0.1, 0.3)
+    votes.vote(engine, voted, users[SECRET]["id"], "a")
+    votes.record_model_comparison(engine, run_id, 1, png(4), png(5), "toy-reward", "b", 0.1, 0.3)
     return run_id, voted
 
 
@@ -115,7 +115,7 @@ def test_an_annotator_never_sees_another_annotators_identity_or_numbers(log, mod
 
 def test_text_from_the_log_is_never_markdown_on_the_runs_page(log):
     engine, url, _, users = log
-    queue.create_run(engine, MARKDOWN, backbone=MARKDOWN, judge_policy={"judge": MARKDOWN}, status="running")
+    runs.create_run(engine, MARKDOWN, backbone=MARKDOWN, judge_policy={"judge": MARKDOWN}, status="running")
     at = render("runs_page", url, users["root"])
     assert any(MARKDOWN in t.value for t in at.text)
     assert sum(MARKDOWN in t.value for t in at.text) == 2  # the prompt, and the backbone/judge line
@@ -146,8 +146,8 @@ def pair_look(at: AppTest) -> dict:
 @pytest.mark.parametrize("kind", ["gold", "duplicate"])
 def test_qc_pairs_look_exactly_like_live_pairs(log, kind):
     engine, url, _, users = log
-    run_id = queue.create_run(engine, "a red cube", question="Which is redder?", status="running")
-    live = queue.post_pair(engine, run_id, 7, png(10), png(200), render_image=png(90), question="Which is redder?")
+    run_id = runs.create_run(engine, "a red cube", question="Which is redder?", status="running")
+    live = pairs.post_pair(engine, run_id, 7, png(10), png(200), render_image=png(90), question="Which is redder?")
     at = render("annotate_page", url, users["ann"])
     assert at.session_state["pair"]["pair_id"] == live
     live_look = pair_look(at)
@@ -172,16 +172,16 @@ def standing(engine, pair_id: int, annotator_id: int) -> list:
 def test_a_deactivated_account_can_do_nothing_through_the_api(log):
     engine, _, _, users = log
     me = users["ann"]["id"]
-    run_id = queue.create_run(engine, "p", status="running")
-    voted = queue.post_pair(engine, run_id, 0, png(1), png(2), votes_needed=2)
-    held = queue.post_pair(engine, run_id, 1, png(3), png(4), votes_needed=2)
-    fresh = queue.post_pair(engine, run_id, 2, png(5), png(6))
+    run_id = runs.create_run(engine, "p", status="running")
+    voted = pairs.post_pair(engine, run_id, 0, png(1), png(2), votes_needed=2)
+    held = pairs.post_pair(engine, run_id, 1, png(3), png(4), votes_needed=2)
+    fresh = pairs.post_pair(engine, run_id, 2, png(5), png(6))
     queue.claim_pair(engine, voted, me)
-    queue.vote(engine, voted, me, "a")
+    votes.vote(engine, voted, me, "a")
     queue.claim_pair(engine, held, me)
     accounts.deactivate(engine, "ann")
-    calls = {"undo": lambda: queue.undo_vote(engine, voted, me), "release": lambda: queue.release(engine, held, me),
-             "vote": lambda: queue.vote(engine, held, me, "b"), "claim_next": lambda: queue.claim_next(engine, me),
+    calls = {"undo": lambda: votes.undo_vote(engine, voted, me), "release": lambda: queue.release(engine, held, me),
+             "vote": lambda: votes.vote(engine, held, me, "b"), "claim_next": lambda: queue.claim_next(engine, me),
              "claim_pair": lambda: queue.claim_pair(engine, fresh, me)}
     for call in calls.values():
         with pytest.raises(AccountInactive, match="deactivated"):
@@ -193,8 +193,8 @@ def test_a_deactivated_account_can_do_nothing_through_the_api(log):
 
 def test_a_deactivated_account_with_its_page_open_cannot_undo_and_sees_no_traceback(log):
     engine, _, tokens, users = log
-    run_id = queue.create_run(engine, "p", status="running")
-    pair = queue.post_pair(engine, run_id, 0, png(1), png(2), votes_needed=2)
+    run_id = runs.create_run(engine, "p", status="running")
+    pair = pairs.post_pair(engine, run_id, 0, png(1), png(2), votes_needed=2)
     at = signed_in(tokens["ann"])
     at.button(key="vote-tie").click().run()
     assert standing(engine, pair, users["ann"]["id"]) == [("tie", False)]
@@ -208,8 +208,8 @@ def test_a_deactivated_account_with_its_page_open_cannot_undo_and_sees_no_traceb
 
 def test_a_deactivated_account_with_a_pair_shown_cannot_skip_or_vote(log):
     engine, _, tokens, users = log
-    run_id = queue.create_run(engine, "p", status="running")
-    pair = queue.post_pair(engine, run_id, 0, png(1), png(2))
+    run_id = runs.create_run(engine, "p", status="running")
+    pair = pairs.post_pair(engine, run_id, 0, png(1), png(2))
     for button in ("vote-skip", "vote-left"):
         at = signed_in(tokens["ann"])
         accounts.deactivate(engine, "ann")
@@ -257,7 +257,7 @@ def served(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('roles') / 'log.sqlite'}"
     engine = connect(url)
     tokens = {n: accounts.add_annotator(engine, n, admin=n == "root") for n in ("ann", "root")}
-    queue.create_run(engine, MARKDOWN, backbone=MARKDOWN, status="running")
+    runs.create_run(engine, MARKDOWN, backbone=MARKDOWN, status="running")
     port = free_port()
     proc = start_app(url, port)
     try:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from db import engine as db_engine
-from db import queue
+from db import runs
 from dreamdpo.cli import main
 from dreamdpo.optimize import folder_lock
 
@@ -34,12 +34,12 @@ def test_resume_against_another_log_is_refused(finished_run, tmp_path, capsys):
     other = f"sqlite:///{tmp_path / 'b.sqlite'}"
     engine = db_engine.connect(other)
     run_id = json.loads((out / "log.json").read_text())["run_id"]
-    while (made := queue.create_run(engine, "an unrelated green cone")) < run_id:  # the same id, another run
+    while (made := runs.create_run(engine, "an unrelated green cone")) < run_id:  # the same id, another run
         pass
-    before = queue.list_runs(engine)
+    before = runs.list_runs(engine)
     code, err = cli([*RUN, "steps=3", "--db", other, "--out", str(out), "--resume"], capsys)
     assert code == 2 and "holds another run" in err and "\n" not in err, err
-    assert queue.list_runs(engine) == before and made == run_id
+    assert runs.list_runs(engine) == before and made == run_id
 
 
 def test_resume_with_another_prompt_is_refused(finished_run, capsys):
@@ -55,10 +55,10 @@ def test_resume_with_another_prompt_is_refused(finished_run, capsys):
 def test_a_refused_start_changes_neither_the_folder_nor_the_log(finished_run, capsys):
     url, out = finished_run
     engine = db_engine.connect(url)
-    runs, link = queue.list_runs(engine), (out / "log.json").read_bytes()
+    before, link = runs.list_runs(engine), (out / "log.json").read_bytes()
     code, err = cli([*RUN, "--db", url, "--out", str(out)], capsys)  # no --resume
     assert code == 2 and "--resume" in err
-    assert queue.list_runs(engine) == runs and (out / "log.json").read_bytes() == link
+    assert runs.list_runs(engine) == before and (out / "log.json").read_bytes() == link
 
 
 def test_a_second_process_on_the_same_folder_is_refused(toy_prior, tmp_path, capsys):
@@ -67,4 +67,4 @@ def test_a_second_process_on_the_same_folder_is_refused(toy_prior, tmp_path, cap
     with folder_lock(out):  # another dreamdpo run holds the folder
         code, err = cli([*RUN, "--db", url, "--out", str(out)], capsys)
     assert code == 2 and "another dreamdpo run is writing" in err
-    assert queue.list_runs(db_engine.connect(url)) == [] and not (out / "log.json").exists()
+    assert runs.list_runs(db_engine.connect(url)) == [] and not (out / "log.json").exists()

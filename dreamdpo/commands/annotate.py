@@ -218,7 +218,7 @@ def demo_run_dir(home: Path, args, engine) -> tuple[Path, str, dict | None]:
     gets the next free <data dir>/demo-run-N (earlier runs and their files are kept)."""
     import json
 
-    from db import queue
+    from db import runs
 
     if getattr(args, "out", None):
         out = Path(args.out)
@@ -229,7 +229,7 @@ def demo_run_dir(home: Path, args, engine) -> tuple[Path, str, dict | None]:
     link = out / "log.json"
     if link.is_file():
         try:
-            run = queue.get_run(engine, int(json.loads(link.read_text())["run_id"]))
+            run = runs.get_run(engine, int(json.loads(link.read_text())["run_id"]))
         except (ValueError, KeyError, TypeError):
             run = None
     prompt = getattr(args, "prompt", None) or (run["prompt"] if run else DEMO_PROMPT)

@@ -8,7 +8,7 @@ Which steps people judge (the cadence, `HumanPolicy`):
   probability `audit_rate` its pair is also posted as an 'audit' pair with the model's vote
   logged on that same pair, without waiting (judge–human agreement is then a join).
 
-How a decision becomes (winner, gap) for the loss (db.queue.outcome writes the decision):
+How a decision becomes (winner, gap) for the loss (db.votes writes the decision by db.consensus.outcome):
 - clear majority for a or b → winner a|b, gap = vote margin |n_a − n_b| / n_votes in [0, 1];
   unanimous votes give gap 1, which is ≥ any τ < 1: push-pull;
 - tie (people said "tie", or the top outcomes drew) → winner 'tie', gap 0: pull only;
@@ -98,7 +98,7 @@ class HumanPolicy:
 
 
 def decision_to_judgement(decision: dict, pair_id: int) -> Judgement:
-    """People's decision (db.queue decision dict) → Judgement, by the mapping in the module doc."""
+    """People's decision (db.votes decision dict) → Judgement, by the mapping in the module doc."""
     counts = {k: int(decision.get(f"n_{k}", 0) or 0) for k in ("a", "b", "tie", "both_bad")}
     extra = {"source": "human", "rule": decision.get("rule"), "counts": counts}
     raw = json.dumps({"rule": decision.get("rule"), **counts})
@@ -131,11 +131,11 @@ class HumanJudge(Judge):
     def end_of_run(self, run_id: int | None) -> None:
         """Pairs still waiting expire (no vote on them would be used), then the model learns every
         decision that landed before that, so the final checkpoint holds all of them."""
-        from db import queue
+        from db import pairs
 
         if run_id is None:
             return
-        queue.expire_waiting(self.engine, run_id)
+        pairs.expire_waiting(self.engine, run_id)
         if self.learned is not None:
             self._learn(run_id, self._prompt)
 
@@ -246,11 +246,11 @@ class HumanJudge(Judge):
 
     # ---- the log ----
     def _post(self, images_a, images_b, ctx: JudgeContext, kind: str, deadline: bool) -> int:
-        from db import queue
+        from db import pairs
         from db.models import utcnow
 
         render = views_png(ctx.render) if ctx.render is not None else None
-        return queue.post_pair(
+        return pairs.post_pair(
             self.engine, ctx.run_id, ctx.step, views_png(images_a), views_png(images_b), render_image=render,
             t=ctx.t[0], t_b=ctx.t[1], seed_a=ctx.seeds[0], seed_b=ctx.seeds[1], cameras=ctx.cameras,
             votes_needed=self.policy.votes_needed,
@@ -259,10 +259,10 @@ class HumanJudge(Judge):
         )
 
     def _log(self, pair_id: int, j: Judgement, name: str | None = None) -> None:
-        from db import queue
+        from db import votes
 
         choice = "skip" if j.skip else j.winner
-        queue.log_judge(self.engine, pair_id, name or j.judge, choice, *j.mean_scores(),
+        votes.log_judge(self.engine, pair_id, name or j.judge, choice, *j.mean_scores(),
                         raw=j.raw)
 
     def _ask_people(self, images_a, images_b, prompt: str, ctx: JudgeContext) -> Judgement:
@@ -301,19 +301,19 @@ class HumanJudge(Judge):
     def _wait(self, pair_id: int, run_id: int, timeout_s: float | None = None) -> tuple[dict | None, bool]:
         """The decision, or None at the deadline (the pair is then expired); (None, True) if the run
         was cancelled meanwhile."""
-        from db import feedback, queue
+        from db import feedback, runs, votes
 
         was_cancelled = []
 
         def stop_waiting() -> bool:
             """The run was cancelled, or the pair expired early (skipped with nobody else online)."""
-            if (queue.get_run(self.engine, run_id) or {}).get("status") == "cancelled":
+            if (runs.get_run(self.engine, run_id) or {}).get("status") == "cancelled":
                 was_cancelled.append(True)
                 return True
             return feedback.pair_status(self.engine, pair_id) == "expired"
 
         timeout = self.policy.timeout_s if timeout_s is None else timeout_s
-        d = queue.wait_for_decision(self.engine, pair_id, timeout, cancelled=stop_waiting, check_every=CONTROL_POLL_S)
+        d = votes.wait_for_decision(self.engine, pair_id, timeout, cancelled=stop_waiting, check_every=CONTROL_POLL_S)
         return d, bool(was_cancelled)
 
     def _fallback(self, images_a, images_b, prompt: str, ctx: JudgeContext, pair_id: int) -> Judgement:
