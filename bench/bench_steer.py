@@ -83,10 +83,14 @@ def main(argv=None) -> int:
     p.add_argument("--think", type=float, default=1.0, help="seconds the simulated person looks at a pair")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     p.add_argument("--json")
+    p.add_argument("--keep", help="keep each run's folder and log here (default: a temporary folder)")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.keep:
+            tmp = args.keep
+            Path(tmp).mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
             for taste in args.tastes:
                 for m in args.methods:

@@ -3,8 +3,9 @@
 The taste is something the prompt does not name: a colour for a shape-only prompt ("a cube"), or a
 shape for a colour-only prompt ("a red object"). The person prefers the candidate whose visible
 object is closer to it, and says "tie" when the two are equally close, as a person would. The
-score uses the evaluator's own pieces (foreground, shading lines, analytic silhouettes), never the
-toy reward, so a run steered by this person is measured by something that is not its judge.
+score uses the evaluator's foreground and analytic silhouettes, but its own notion of colour (hue),
+and never the toy reward, so a run steered by this person is measured by something that is not its
+judge.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from dreamdpo.toyworld.evaluate import EVAL_RES, _iou, _silhouettes, foreground
 from dreamdpo.toyworld.render import Placed
 from dreamdpo.toyworld.vocab import COLOURS, SHAPES
 
-TIE_BELOW = 0.01  # score differences a person cannot see (colour distance, or IoU)
+TIE_BELOW = 0.01  # score differences a person cannot see (hue miss, or IoU)
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,15 @@ class Taste:
         return self.colour or self.shape or ""
 
     def score(self, images: Tensor, cameras: Cameras | None = None) -> Tensor:
-        """[V,3,H,W] in [0,1] → [V]: higher is closer to the taste (colour: minus the mean distance of
-        the object's pixels to the colour's shading line; shape: silhouette IoU from the same camera)."""
+        """[V,3,H,W] in [0,1] → [V]: higher is closer to the taste (colour: minus the object's mean hue miss;
+        shape: silhouette IoU from the same camera).
+
+        A pixel's hue miss is the angle between its chroma (the pixel minus its grey level) and the taste
+        colour's, over π; a pixel with little chroma (grey, black, white) misses by 90°, so a person who
+        likes blue prefers blue, then navy, cyan or purple, and only then black. (The evaluator's
+        distance to the colour's shading line, which this used before, put black second for every
+        colour: a simulated blue lover drove the cube dark, and the dark cube turned cyan; measured in
+        bench/BENCHMARKS.md, "Steerability".)"""
         imgs = images.detach().float().cpu().clamp(0, 1)
         if imgs.shape[-1] != EVAL_RES:
             imgs = torch.nn.functional.interpolate(imgs, size=(EVAL_RES, EVAL_RES), mode="area")
@@ -52,12 +60,16 @@ class Taste:
             sil = _silhouettes([Placed(self.shape)], cameras.to("cpu"))[0]
             return _iou(sil, fg)
         c = torch.tensor(COLOURS[self.colour])
+        c = c - c.mean()  # the colour's chroma
         out = torch.full((imgs.shape[0],), -1.0)
         for v in range(imgs.shape[0]):
             pix = imgs[v].permute(1, 2, 0)[fg[v]]
             if len(pix):
-                k = ((pix @ c) / (c @ c)).clamp(0.25, 1.3)
-                out[v] = -(pix - k[:, None] * c).norm(dim=-1).mean()
+                q = pix - pix.mean(-1, keepdim=True)
+                sat = q.norm(dim=-1)
+                miss = torch.arccos((q @ c / (sat * c.norm()).clamp(min=1e-6)).clamp(-1, 1)) / torch.pi
+                coloured = (sat / (0.5 * c.norm())).clamp(max=1)  # a grey pixel misses by 90°
+                out[v] = -(coloured * miss + (1 - coloured) * 0.5).mean()
         return out
 
     def choose(self, images_a: Tensor, images_b: Tensor, cameras: Cameras | None = None) -> str:
