@@ -63,7 +63,8 @@ def post_swapped_duplicate(engine, pair_id: int, votes_needed: int = 1) -> int:
     gold = p.get("gold_answer")
     return pairs.post_pair(engine, p["run_id"], p["step"], p["png_b"], p["png_a"], kind="duplicate",
                            duplicate_of=pair_id, seed_a=p.get("seed_b"), seed_b=p.get("seed_a"),
-                           t=p.get("t_b", p.get("t")), votes_needed=votes_needed,
+                           t=p["t"] if p["t_b"] is None else p["t_b"], t_b=None if p["t_b"] is None else p["t"],
+                           votes_needed=votes_needed,
                            gold_answer=None if gold is None else {"a": "b", "b": "a"}.get(gold, gold), **optional)
 
 

@@ -39,12 +39,15 @@ def test_swapped_duplicate_exchanges_the_images(engine, run_id):
     from db import pairs
 
     a, b = SYN.png_bytes(2, "a"), SYN.png_bytes(2, "b")
-    original = pairs.post_pair(engine, run_id, 7, a, b, seed_a=11, seed_b=12)
+    original = pairs.post_pair(engine, run_id, 7, a, b, seed_a=11, seed_b=12, t=300, t_b=700)
     dup = qc.post_swapped_duplicate(engine, original)
     row = qc._pair_images(engine, dup)
     assert (row["png_a"], row["png_b"]) == (b, a)
     assert row["duplicate_of"] == original and row["kind"] == "duplicate" and row["step"] == 7
-    assert (row["seed_a"], row["seed_b"]) == (12, 11)
+    assert (row["seed_a"], row["seed_b"], row["t"], row["t_b"]) == (12, 11, 700, 300)
+    one_t = pairs.post_pair(engine, run_id, 8, a, b, seed_a=11, seed_b=12, t=500)  # both members at one t
+    row = qc._pair_images(engine, qc.post_swapped_duplicate(engine, one_t))
+    assert (row["t"], row["t_b"]) == (500, None)
     with pytest.raises(LogError, match="itself a duplicate"):
         qc.post_swapped_duplicate(engine, dup)
     with pytest.raises(LogError, match="does not exist"):
