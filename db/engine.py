@@ -149,8 +149,9 @@ def _create(url: str) -> sa.Engine:
     return engine
 
 
-def _describe(url: str) -> str:
-    return _parse(url).render_as_string(hide_password=True)
+def describe(url: str | None = None) -> str:
+    """The log's URL as it may be shown (password hidden); None → the default log."""
+    return _parse(resolve_url(url)).render_as_string(hide_password=True)
 
 
 def _head() -> str:
@@ -179,10 +180,10 @@ def _current_revision(engine: sa.Engine) -> tuple[str | None, bool]:
                 rev = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
             return rev, bool(names)
     except sa.exc.OperationalError as e:
-        raise LogUnreachable(f"cannot open the log at {_describe(str(engine.url))}: {_first_line(e)}; "
+        raise LogUnreachable(f"cannot open the log at {describe(str(engine.url))}: {_first_line(e)}; "
                        "check the URL and that the server is running") from None
     except sa.exc.DatabaseError as e:
-        raise LogError(f"{_describe(str(engine.url))} is not a usable dreamdpo log ({_first_line(e)}); "
+        raise LogError(f"{describe(str(engine.url))} is not a usable dreamdpo log ({_first_line(e)}); "
                        "give --db a new file or restore a backup") from None
 
 
@@ -191,17 +192,26 @@ def _first_line(e: Exception) -> str:
     return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
 
-def connect(url: str | None = None) -> sa.Engine:
-    """An engine on the log, upgraded automatically when the database is empty (a fresh file)."""
+def connect(url: str | None = None, create: bool = True) -> sa.Engine:
+    """An engine on the log, upgraded automatically when the database is empty (a fresh file). With
+    create=False (commands that only read the log: stats, export) a missing or empty log is a one-line
+    error, and nothing is written."""
     url = resolve_url(url)
     cached = _ENGINES.get(url)
     if cached is not None and cached[0] == os.getpid():
         return cached[1]
     if cached is not None:  # inherited over fork: never reuse the parent's connections
         cached[1].dispose(close=False)
+    path = _sqlite_path(_parse(url))
+    if not create and path is not None and not path.exists():  # before sqlite3 would create the file
+        raise LogError(f"there is no log at {path}; give --db the log to read (the URL `dreamdpo run` or "
+                       "`dreamdpo demo` used)")
     engine = _create(url)
     rev, has_tables = _current_revision(engine)
     head = _head()
+    if rev is None and not has_tables and not create:
+        engine.dispose()
+        raise LogError(f"{describe(url)} is empty, not a dreamdpo log yet; give --db the log to read")
     if rev is None and not has_tables:
         _use_wal(engine)
         try:
@@ -212,7 +222,7 @@ def connect(url: str | None = None) -> sa.Engine:
     else:
         _check_ours(url, rev, has_tables)
         if rev != head:
-            raise LogError(f"the log at {_describe(url)} is at revision {rev}, this dreamdpo needs {head}; "
+            raise LogError(f"the log at {describe(url)} is at revision {rev}, this dreamdpo needs {head}; "
                            "run `dreamdpo db upgrade`")
         _use_wal(engine)
     _ENGINES[url] = (os.getpid(), engine)
@@ -237,13 +247,13 @@ def _use_wal(engine: sa.Engine) -> None:
 def _check_ours(url: str, rev: str | None, has_tables: bool) -> None:
     """A database with tables must be a dreamdpo log at a revision this version knows."""
     if rev is None and has_tables:
-        raise LogError(f"{_describe(url)} holds tables but is not a dreamdpo log; give --db another database")
+        raise LogError(f"{describe(url)} holds tables but is not a dreamdpo log; give --db another database")
     if rev is not None:
         from alembic.script import ScriptDirectory
 
         known = {s.revision for s in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
         if rev not in known:
-            raise LogError(f"the log at {_describe(url)} is at revision {rev}, newer than this dreamdpo; "
+            raise LogError(f"the log at {describe(url)} is at revision {rev}, newer than this dreamdpo; "
                            "upgrade dreamdpo")
 
 
@@ -267,7 +277,7 @@ def upgrade(url: str | None = None) -> str:
         _upgrade(engine)
         rev = _current_revision(engine)[0]
         if rev is None:  # Alembic wrote no revision: never report the upgrade as done
-            raise LogError(f"the upgrade of the log at {_describe(url)} left no revision; run it again")
+            raise LogError(f"the upgrade of the log at {describe(url)} left no revision; run it again")
         return rev
     finally:
         engine.dispose()

@@ -65,7 +65,7 @@ def test_stats_cli_prints_the_page_numbers(log, capsys):
     url, engine = log
     assert main(["stats", "--db", url]) == 0
     out = capsys.readouterr().out
-    assert out.strip() == format_audit(audit_data(engine, AuditFilters())).strip()
+    assert out.strip() == f"the log at {url}\n" + format_audit(audit_data(engine, AuditFilters())).strip()
     assert "toy-judge" in out and "FLAGGED" in out and "lefty" in out.split("FLAGGED")[1]
     assert main(["stats", "--db", url, "--judge", "first-judge"]) == 0
     out = capsys.readouterr().out.split("== per run")[0]
@@ -108,8 +108,18 @@ def test_audit_page_shows_the_planted_facts(log):
 
 
 def test_stats_and_export_on_an_empty_log(tmp_path, capsys):
+    from db.engine import connect
+
     url = f"sqlite:///{tmp_path / 'empty.db'}"
+    for argv in (["stats"], ["export", "--format", "jsonl", "--out", str(tmp_path / "never")]):
+        assert main([*argv, "--db", url]) == 2  # a log that does not exist is never created by a reader
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no log at" in err[0] and str(tmp_path / "empty.db") in err[0]
+    assert not (tmp_path / "empty.db").exists() and not (tmp_path / "never").exists()
+    connect(url)  # a log with nothing in it yet
     assert main(["stats", "--db", url]) == 0
-    assert "votes 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"the log at {url}" and "votes 0" in out
     assert main(["export", "--format", "jsonl", "--out", str(tmp_path / "e"), "--db", url]) == 0
+    assert f"from the log at {url}" in capsys.readouterr().out
     assert json.loads((tmp_path / "e" / "manifest.json").read_text())["counts"]["comparisons"] == 0

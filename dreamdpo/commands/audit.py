@@ -18,7 +18,8 @@ def add_commands(subparsers) -> None:
     exp.add_argument("--humans-only", action="store_true", help="only people's votes (with --judges: and theirs)")
     exp.add_argument("--judges", default=None, metavar="NAME[,NAME]",
                      help="only these model judges' votes (with --humans-only: and people's)")
-    exp.add_argument("--db", default=None, help="database URL (default: the local SQLite log)")
+    exp.add_argument("--db", default=None, help="the log to read: a database URL or SQLite path (default: "
+                     "$DREAMDPO_DB, else the local SQLite log); a missing log is an error, never created")
     exp.set_defaults(handler=run_export)
 
     st = subparsers.add_parser("stats", help="audit numbers: agreement, bias, τ, annotators (as on the Audit page)")
@@ -27,30 +28,33 @@ def add_commands(subparsers) -> None:
     st.add_argument("--annotator", default=None)
     st.add_argument("--since", default=None)
     st.add_argument("--target", type=float, default=0.9, help="target agreement for the calibrated τ")
-    st.add_argument("--db", default=None)
+    st.add_argument("--db", default=None, help="the log to read (as for export); a missing log is an error")
     st.set_defaults(handler=run_stats)
 
 
 def run_export(args: argparse.Namespace) -> int:
     from db import export
-    from db.engine import connect
+    from db.engine import connect, describe
 
     filters = export.ExportFilters(run_id=args.run, since=args.since, include_ties=args.include_ties,
                                    humans_only=args.humans_only, judges=export.parse_judges(args.judges))
-    manifest = export.export_log(connect(args.db), args.format, args.out, filters)
+    manifest = export.export_log(connect(args.db, create=False), args.format, args.out, filters)
     counts = manifest["counts"]
     rows = ", ".join(f"{k}: {v}" for k, v in counts["rows"].items()) or "no rows"
     left = ", ".join(f"{k}: {v}" for k, v in counts["excluded"].items()) or "nothing"
-    print(f"exported {counts['comparisons']} comparisons to {args.out} ({rows}; left out {left})")
+    print(f"exported {counts['comparisons']} comparisons from the log at {describe(args.db)} to {args.out} "
+          f"({rows}; left out {left})")
     return 0
 
 
 def run_stats(args: argparse.Namespace) -> int:
     from db.audit import AuditFilters, audit_data
-    from db.engine import connect
+    from db.engine import connect, describe
 
-    data = audit_data(connect(args.db), AuditFilters(run_id=args.run, judge=args.judge, annotator=args.annotator,
-                                                     since=args.since, target_agreement=args.target))
+    engine = connect(args.db, create=False)
+    data = audit_data(engine, AuditFilters(run_id=args.run, judge=args.judge, annotator=args.annotator,
+                                           since=args.since, target_agreement=args.target))
+    print(f"the log at {describe(args.db)}")
     print(format_audit(data))
     return 0
 
