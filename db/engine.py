@@ -304,20 +304,28 @@ def is_transient(exc: BaseException) -> bool:
 
 def retry(fn: Callable[[], T], *, timeout_s: float = 300.0, first_delay_s: float = 0.5, max_delay_s: float = 10.0,
           on_retry: Callable[[BaseException, float], None] | None = None,
-          sleep: Callable[[float], None] = time.sleep) -> T:
+          sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> T:
     """fn(), called again with exponential back-off while it fails transiently, for up to timeout_s.
 
-    Anything not transient (LogGone, a refused vote) is raised at once; after timeout_s the last
-    transient failure becomes a LogUnreachable. on_retry(error, delay) is told of every wait."""
-    end = time.monotonic() + timeout_s
+    Anything not transient (LogGone, a refused vote) is raised at once; once the log has been failing
+    for timeout_s the last transient failure becomes a LogUnreachable. The outage is timed from its
+    first failure, not from the call: fn may be a long wait for people that meets an outage late. An
+    attempt that ran for timeout_s or more before failing reached the log meanwhile (a failing
+    connection fails in seconds): its failure begins a new outage. on_retry(error, delay) is told of
+    every wait."""
+    began: float | None = None  # the current outage's first failure
     delay = first_delay_s
     while True:
+        attempt = clock()
         try:
             return fn()
         except Exception as e:
             if not is_transient(e):
                 raise
-            left = end - time.monotonic()
+            now = clock()
+            if began is None or now - attempt >= timeout_s:
+                began, delay = now, first_delay_s
+            left = began + timeout_s - now
             if left <= 0:
                 raise LogUnreachable(f"the log has been unreachable for {timeout_s:.0f} s ({_first_line(e)}); "
                                      "check the database server or file, then resume") from None

@@ -67,6 +67,7 @@ class DbRecorder(Recorder):
         self._history: list[dict] = []
         self._extra: dict[str, Any] = {}
         self._last_beat = float("-inf")  # time.monotonic() of the last heartbeat written (db/liveness.py)
+        self._step: tuple[int, bool] | None = None  # (step, logged before) once its first group is in the log
 
     def _retry(self, fn):
         """Every write survives a log outage of up to outage_s (back-off); a transient error never ends a run."""
@@ -103,10 +104,28 @@ class DbRecorder(Recorder):
         return self._retry(lambda: self._record(judgement, images_a, images_b, context))
 
     def _record(self, judgement, images_a, images_b, context):
+        if self._step is None or self._step[0] != context.step:  # the step's first camera group
+            logged = judgement.pair_id is None and self._logged_before(judgement, context)
+            if judgement.pair_id is None:
+                self._post(judgement, images_a, images_b, context)
+            self._step = (context.step, logged)
+        elif judgement.pair_id is None and not self._step[1]:  # a later group of a step logged by this process
+            self._post(judgement, images_a, images_b, context)
+
+    def _logged_before(self, judgement, context) -> bool:
+        """A step done again (after a crash and --resume, or a write retried through an outage) finds the
+        pair an earlier attempt logged, by (run, step, member seeds), and logs nothing twice. The camera
+        groups of one step share its seeds: the first group is looked up, the others follow it."""
+        from db import feedback
+
+        existing = feedback.find_pair(self.engine, self.run_id, context.step, *context.seeds)
+        if existing is not None:
+            judgement.pair_id = existing["pair_id"]
+        return existing is not None
+
+    def _post(self, judgement, images_a, images_b, context):
         from db import pairs, votes
 
-        if judgement.pair_id is not None:
-            return
         render = views_png(context.render) if context.render is not None else None
         if judgement.judge == "indistinct":  # a record of the step, never a vote nor a labelled row
             judgement.pair_id = pairs.post_pair(

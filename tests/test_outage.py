@@ -3,8 +3,14 @@ own server), and a SQLite file deleted or replaced under a running process or ap
 """
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,11 +18,14 @@ import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
 from annotator.guard import UNREACHABLE
+from annotator.simulated import annotate
 from db import accounts, pairs, queue, runs, votes
 from db import engine as db_engine
 from db.engine import connect, is_transient, ping, retry
 from db.errors import LogError, LogGone, LogUnreachable
+from db.read import pairs_frame, votes_frame
 from dreamdpo.images import png_bytes
+from dreamdpo.toyworld.taste import Taste
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "annotator" / "app.py")
@@ -70,6 +79,66 @@ def test_retry_gives_up_after_its_time_with_one_line():
     assert "\n" not in str(info.value)
 
 
+def test_an_outage_is_timed_from_its_first_failure_not_from_the_call():
+    """A blocking step waits for people longer than the outage window, then the server goes: the run
+    must retry the whole window, not give up at once; a second outage much later gets a window of its own."""
+    clock = [0.0]
+    waits: list[float] = []
+
+    def sleep(s: float) -> None:
+        waits.append(s)
+        clock[0] += s
+
+    def attempts(*plan):
+        """Each attempt takes the time given, then fails (a number) or returns (None)."""
+        todo = list(plan)
+
+        def fn():
+            took = todo.pop(0)
+            if took is None:
+                return "ok"
+            clock[0] += took
+            raise refused()
+        return fn
+
+    # a wait of 1000 s, then the server is down for about 30 s (window 60 s)
+    assert retry(attempts(1000.0, 0.0, 0.0, 0.0, 0.0, 0.0, None), timeout_s=60, first_delay_s=1.0,
+                 max_delay_s=8.0, sleep=sleep, clock=lambda: clock[0]) == "ok"
+    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    # down for good after that long wait: it gives up once the window is over, not before
+    waits.clear()
+    with pytest.raises(LogUnreachable):
+        retry(attempts(1000.0, *[0.0] * 100), timeout_s=60, first_delay_s=1.0, max_delay_s=8.0, sleep=sleep,
+              clock=lambda: clock[0])
+    assert sum(waits) == 60
+    # an outage, a long wait once back, and another outage: the second one is timed afresh
+    waits.clear()
+    assert retry(attempts(0.0, 0.0, 0.0, 1000.0, 0.0, 0.0, None), timeout_s=60, first_delay_s=1.0, max_delay_s=8.0,
+                 sleep=sleep, clock=lambda: clock[0]) == "ok"
+    assert waits == [1.0, 2.0, 4.0, 1.0, 2.0, 4.0]
+
+
+def test_the_end_of_a_human_judged_run_is_retried_through_an_outage(sqlite_log, monkeypatch):
+    """The last step's clean-up (waiting pairs expire, the model learns the last votes) meets the outage:
+    it waits for the log like every step instead of failing the finished run."""
+    from dreamdpo.judges.human import HumanJudge, HumanPolicy
+
+    engine, run_id, pair = sqlite_log["engine"], sqlite_log["run_id"], sqlite_log["pair"]
+    real, calls = pairs.expire_waiting, []
+
+    def flaky(engine, run_id):
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise refused()
+        return real(engine, run_id)
+
+    monkeypatch.setattr(pairs, "expire_waiting", flaky)
+    HumanJudge(engine, HumanPolicy(fallback="pull"), outage_s=600).end_of_run(run_id)
+    assert calls == [run_id, run_id]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT status FROM pairs WHERE id = :p"), {"p": pair}).scalar() == "expired"
+
+
 def test_which_failures_are_transient():
     sqlite = __import__("sqlite3")
     locked = sa.exc.OperationalError("BEGIN", {}, sqlite.OperationalError("database is locked"))
@@ -88,7 +157,7 @@ def sqlite_log(tmp_path):
     me = accounts.authenticate(engine, token)["id"]
     run_id = runs.create_run(engine, "a red cube", status="running")
     pair = pairs.post_pair(engine, run_id, 0, png(1), png(2))
-    yield {"path": path, "url": url, "engine": engine, "token": token, "me": me, "pair": pair}
+    yield {"path": path, "url": url, "engine": engine, "token": token, "me": me, "run_id": run_id, "pair": pair}
     db_engine._ENGINES.pop(url, None)
     engine.dispose()
 
@@ -281,3 +350,82 @@ def test_in_a_browser_the_page_comes_back_by_itself_after_an_outage(pg, browser)
             later.close()
     finally:
         stop_app(proc)
+
+
+# ----------------------------------------------------------------------------- a real run through a stop and start
+def _wait(what, timeout=600.0, poll=0.1):
+    """what()'s first value that is not None."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = what()
+        if value is not None:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("judge", ["human", "toy-reward"])
+def test_a_run_carries_on_through_a_postgresql_stop_and_start(pg, toy_prior, tmp_path, judge):
+    """`dreamdpo run` while the server stops for a few seconds: the run waits and retries, then finishes
+    with exit 0, its row 'finished', and each step in the log once.
+
+    human: people judge the even steps (the run cannot finish without them, so the server goes down
+    mid-run whatever the machine's speed: right after a vote, while the run moves to its next pair),
+    the assist model the odd ones. toy-reward: the model judges and logs every step of a longer run;
+    the server stops once the run has logged its first steps."""
+    steps = 10 if judge == "human" else 150
+    url, out = pg.database(), tmp_path / "run"
+    engine = connect(url)
+    who = accounts.authenticate(engine, accounts.add_annotator(engine, "sim"))["id"]
+    cmd = [sys.executable, "-m", "dreamdpo.cli", "run", "--prompt", "a cube", "--judge", judge, "--steps", str(steps),
+           "--quiet", "human.every_k=2", "human.timeout_s=600", "test_views=1", "test_resolution=32",
+           "mesh_resolution=16", "schedule.resolution=32", "--db", url, "--out", str(out)]
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+    voter, stop, taste = None, threading.Event(), Taste(colour="green")
+    try:
+        alive = lambda: None if proc.poll() is None else -1  # noqa: E731
+        run_id = _wait(lambda: json.loads((out / "log.json").read_text())["run_id"] if (out / "log.json").exists()
+                       else alive())
+        assert run_id > 0, (tmp_path / "stderr.txt").read_text()[-2000:]
+        if judge == "human":
+            for _ in range(2):
+                assert annotate(engine, who, taste, run_id=run_id, think_s=0.0, max_votes=1)["votes"] == 1
+        else:
+            _wait(lambda: (runs.get_run(engine, run_id) or {}).get("step") if alive() is None else -1)
+        pg_stop(pg)
+        try:
+            time.sleep(5)  # the outage
+            assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]  # not dead of it
+        finally:
+            pg_start(pg)
+        if judge == "human":
+            voter = threading.Thread(target=annotate, args=(engine, who, taste),
+                                     kwargs={"run_id": run_id, "think_s": 0.0, "stop": stop.is_set}, daemon=True)
+            voter.start()
+        code = proc.wait(timeout=900)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if voter is not None:
+            voter.join(timeout=60)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert code == 0, err[-2000:]
+    if judge == "toy-reward":
+        assert "the log is unreachable" in err  # the outage met the run's own writes
+    run = runs.get_run(engine, run_id)
+    assert (run["status"], run["step"]) == ("finished", steps - 1)
+    assert [h["step"] for h in run["metrics"]["history"]] == list(range(steps))
+    with open(out / "metrics.csv", newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(steps))
+    logged = pairs_frame(engine, run_id)
+    assert sorted(logged["step"]) == list(range(steps))  # each step logged once, none lost nor doubled
+    cast = votes_frame(engine, run_id)
+    asked = logged[logged["deadline"].notna()]
+    assert sorted(cast.loc[cast["annotator"].notna(), "pair_id"]) == sorted(asked["pair_id"])
+    judged = logged[(logged["status"] == "decided") & logged["deadline"].isna()]
+    assert sorted(cast.loc[cast["annotator"].isna(), "pair_id"]) == sorted(judged["pair_id"])  # one model vote each

@@ -130,11 +130,16 @@ class HumanJudge(Judge):
 
     def end_of_run(self, run_id: int | None) -> None:
         """Pairs still waiting expire (no vote on them would be used), then the model learns every
-        decision that landed before that, so the final checkpoint holds all of them."""
+        decision that landed before that, so the final checkpoint holds all of them. Retried through
+        a log outage of up to outage_s, like every step."""
+        from db.engine import retry
+
+        if run_id is not None:
+            retry(lambda: self._end_of_run(run_id), timeout_s=self.outage_s)
+
+    def _end_of_run(self, run_id: int) -> None:
         from db import pairs
 
-        if run_id is None:
-            return
         pairs.expire_waiting(self.engine, run_id)
         if self.learned is not None:
             self._learn(run_id, self._prompt)
