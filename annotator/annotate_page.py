@@ -10,9 +10,19 @@ st.text: HTML in them stays text.
 
 Keys go through annotator.keys (queued in the page, handled one by one, never lost in a redraw),
 and every key or click is answered on the "Last:" line with what was stored. Undo is offered only
-while it can succeed (the pair is undecided and the lease holds). A pair whose lease or deadline
-runs out leaves the screen by itself. A skipped live pair goes to the next person; with nobody
-else online it is expired at once, so the run falls back without waiting out the deadline.
+while it can succeed (the pair is undecided and the lease holds), beside that line. A pair whose
+lease or deadline runs out leaves the screen by itself. A skipped live pair goes to the next person;
+with nobody else online it is expired at once, so the run falls back without waiting out the deadline.
+
+Skip (S or the button) skips at once. "Can't judge?" beside it skips with a reason: a preset one or a
+short text of one's own, stored with the skip (db.votes.skip_reason: plain text, bounded) and shown
+only as text.
+
+Zoom: a click on a view of either candidate (or Z for the view enlarged last, or the digit keys 1–9)
+shows that view of both candidates alone, larger, side by side; the view buttons below switch views,
+and a click on a large view, Esc or Close returns to the grids. Every zoom action says where to go,
+never "the other way" (no toggle), so a key and a click handled in either order end the same. Votes
+work the same while zoomed; the next pair starts with its grids.
 
 Quality-control pairs (gold, swapped duplicates) look exactly like live pairs: no run or step is
 shown, and a pair without a render of its own shows its run's latest one. A deactivated account is
@@ -21,14 +31,17 @@ at every poll (annotator.guard).
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 import time
 
 import streamlit as st
+from PIL import Image
 
 from annotator import guard, instructions, keys
-from annotator.views import grid_png
+from annotator.plain import md
+from annotator.views import grid_png, view_at, view_count, view_png
 from db import feedback, pairs, queue, votes
 from db.engine import is_transient
 from db.errors import AccountInactive, LogError
@@ -39,11 +52,15 @@ POLL_S = float(os.environ.get("DREAMDPO_POLL_S", "0.5"))  # seconds between chec
 LEASE_S = float(os.environ.get("DREAMDPO_LEASE_S", "120"))  # how long a shown pair stays yours
 ONLINE_S = 60.0  # someone who claimed or voted this recently is online
 IMAGE_PX = 400  # each candidate's grid of views on screen: two side by side fit 1366×768 with the buttons
+ZOOM_PX = 440  # one view of each candidate, zoomed: as wide as a candidate's column
+# a skip's preset reasons (stored as written here; "Other" is a short text of one's own)
+SKIP_REASONS = ("can't tell them apart", "images broken or empty")
 # (label, what it means relative to the screen, key hint)
 BUTTONS = [("Left better", "left", "←"), ("Right better", "right", "→"), ("Tie", "tie", "T"),
            ("Both bad", "both_bad", "B"), ("Skip", "skip", "S")]
 SAID = {"left": "Left better", "right": "Right better", "tie": "Tie", "both_bad": "Both bad", "skip": "Skip"}
 FLASH_S = 6.0  # how long a warning stays while the page keeps polling
+HINT = "Keys: ← → T B S (U undoes while it can) · click a view, Z or 1–9 to enlarge it, Esc to go back"
 EMPTY = "No pairs are waiting for you right now. New ones appear here by themselves."
 
 
@@ -77,7 +94,7 @@ def _flash(kind: str, text: str) -> None:
     st.session_state["flash"] = (kind, text, time.monotonic() + FLASH_S)
 
 
-def _vote(engine, user, button: str) -> None:
+def _vote(engine, user, button: str, reason: str | None = None) -> None:
     ss = st.session_state
     pair = ss.get("pair")
     if pair is None:
@@ -88,10 +105,13 @@ def _vote(engine, user, button: str) -> None:
     latency = int((time.monotonic() - pair["shown_at"]) * 1000)
     try:
         if choice == "skip":
-            queue.release(engine, pair["pair_id"], user["id"])
+            reason = votes.skip_reason(reason)
+            queue.release(engine, pair["pair_id"], user["id"], reason=reason, shown_left=pair["shown_left"],
+                          latency_ms=latency)
             alone = feedback.annotators_online(engine, ONLINE_S, excluding=user["id"]) == 0
             gone = pair.get("kind") == "live" and alone and pairs.expire_pair(engine, pair["pair_id"])
-            ss["ack"] = (f"Skipped pair {pair['pair_id']}: "
+            why = f" (reason: {md(reason)})" if reason else ""
+            ss["ack"] = (f"Skipped pair {pair['pair_id']}{why}: "
                          + ("nobody else is online, so the run decides it without people." if gone
                             else "it goes to the next person."))
             ss["last"] = None
@@ -107,6 +127,50 @@ def _vote(engine, user, button: str) -> None:
         ss["ack"] = f"{SAID.get(button, button)} on pair {pair['pair_id']}: not stored."
         ss["last"] = None
     ss["pair"] = None  # the next pair is claimed in this same rerun
+
+
+def _skip_other(engine, user) -> None:
+    """The popover's own-words reason: skip with it (an empty text skips without a reason)."""
+    _vote(engine, user, "skip", reason=st.session_state.get("skip-other-text"))
+
+
+def zoomed(pair: dict | None) -> int | None:
+    """The view of `pair` shown enlarged, or None while the grids are shown."""
+    zoom = st.session_state.get("zoom")
+    return zoom["view"] if pair is not None and zoom and zoom["pair_id"] == pair["pair_id"] else None
+
+
+def views_of(pair: dict) -> int:
+    """How many views each candidate of the pair shows."""
+    if "views" not in pair:
+        pair["views"] = view_count(*Image.open(io.BytesIO(pair["image_a"])).size)
+    return pair["views"]
+
+
+def _zoom(view: int | None) -> None:
+    """Enlarge view `view` of the pair on screen (None: back to the grids)."""
+    ss = st.session_state
+    pair = ss.get("pair")
+    if pair is None or view is None:
+        ss["zoom"] = None
+        return
+    view = min(max(0, view), views_of(pair) - 1)
+    ss["zoom"] = {"pair_id": pair["pair_id"], "view": view}
+    ss["zoom_last"] = view
+
+
+def _zoom_action(action: str, at: tuple[float, float] | None) -> None:
+    ss = st.session_state
+    pair = ss.get("pair")
+    if action == "unzoom":
+        _zoom(None)
+    elif action == "zoom" and at is not None and pair is not None:
+        _zoom(view_at(views_of(pair), *at))
+    elif action == "zoom":  # Z: the view enlarged last (already zoomed: stays; Esc goes back)
+        if zoomed(pair) is None:
+            _zoom(ss.get("zoom_last", 0))
+    elif action.startswith("view"):
+        _zoom(int(action[4:]) - 1)
 
 
 def undoable(engine, last: dict | None) -> bool:
@@ -180,8 +244,10 @@ def pane(engine, user) -> None:
             raise
 
 
-def _act(engine, user, action: str) -> None:
-    if action == "undo":
+def _act(engine, user, action: str, at: tuple[float, float] | None = None) -> None:
+    if action in ("zoom", "unzoom") or action.startswith("view"):
+        _zoom_action(action, at)
+    elif action == "undo":
         if undoable(engine, st.session_state.get("last")):
             _undo(engine, user)
         else:
@@ -194,7 +260,7 @@ def _pane(engine, user) -> None:
     ss = st.session_state
     key = keys.pressed()
     if key is not None:
-        _act(engine, user, key[1])
+        _act(engine, user, key[1], key[2])
         keys.handled()
     pair = ss.get("pair")
     if pair is not None and time_left(pair) <= 0:
@@ -214,12 +280,15 @@ def _pane(engine, user) -> None:
     counts = (f"Done today: {stats['done_today'] or 0} · waiting in the queue: {stats['pending']} · "
               f"live runs waiting on people: {stats['live_runs_waiting']}")
     with main:
-        buttons = _show_pair(engine, user, pair, counts)
+        _show_pair(engine, user, pair, counts)
     with foot:
-        if undoable(engine, ss.get("last")):  # beside the vote buttons, or alone when no pair is shown
-            (buttons[-1] if buttons else st).button("Undo · U", key="undo", on_click=_undo, args=(engine, user),
-                                                    width="stretch")
-        st.caption(f"Last: {ss.get('ack') or 'nothing yet. Keys: ← → T B S (U undoes while it can).'}")
+        last = f"Last: {ss.get('ack') or 'nothing yet. ' + HINT}"
+        if undoable(engine, ss.get("last")):  # beside the line that says what was stored
+            said, undo = st.columns([5, 1], vertical_alignment="center")
+            said.caption(last)
+            undo.button("Undo · U", key="undo", on_click=_undo, args=(engine, user), width="stretch")
+        else:
+            st.caption(last)
     if pair is not None:
         if "context" not in pair:
             pair["context"] = context_render(engine, pair)
@@ -236,12 +305,13 @@ def _pane(engine, user) -> None:
         with more.expander("Your recent votes"):
             for v in mine:
                 what = "retracted" if v["retracted"] else ("decided" if v["winner"] else "waiting for the run")
-                st.text(f"pair {v['pair_id']}: {SAID.get(side_of(v['choice'], v['shown_left']), v['choice'])}"
+                why = f" ({v['reason']})" if v.get("reason") else ""  # st.text: a reason stays text
+                st.text(f"pair {v['pair_id']}: {SAID.get(side_of(v['choice'], v['shown_left']), v['choice'])}{why}"
                         f" · {v['created_at']:%H:%M:%S} UTC · {what}")
 
 
-def _show_pair(engine, user, pair: dict | None, counts: str) -> list:
-    """The pair (prompt, question, time left, both candidates, vote buttons); returns the button columns."""
+def _show_pair(engine, user, pair: dict | None, counts: str) -> None:
+    """The pair (prompt, question, time left, both candidates or one view of each enlarged, vote buttons)."""
     if pair is None:
         st.caption(counts)
         preparing = preparation()
@@ -251,7 +321,7 @@ def _show_pair(engine, user, pair: dict | None, counts: str) -> list:
                         text=f"The demo is preparing its toy world (built once, then cached): {done} of "
                              f"{total or '?'} layouts rendered. The first pair appears here by itself.")
         st.info(EMPTY)
-        return []
+        return
     top = st.columns([5, 4, 3])
     with top[0]:
         st.caption(f"Prompt · pair {int(pair['pair_id'])}")
@@ -264,17 +334,44 @@ def _show_pair(engine, user, pair: dict | None, counts: str) -> list:
         need = pair["votes_needed"]
         st.caption(counts if need <= 1 else f"{pair['votes_in']} of {need} votes in · {counts}")
     left, right = ("image_a", "image_b") if pair["shown_left"] == "a" else ("image_b", "image_a")
-    grids = pair.setdefault("grids", {})
-    cols = st.columns(2)
-    for col, side, title in ((cols[0], left, "Left (←)"), (cols[1], right, "Right (→)")):
-        if side not in grids:
-            grids[side] = grid_png(pair[side], IMAGE_PX)
-        col.image(grids[side], caption=title, width=IMAGE_PX, output_format="PNG")
+    view = zoomed(pair)
+    shown = zip(st.columns(2), (left, right), ("left", "right"), ("Left (←)", "Right (→)"))
+    if view is None:
+        grids = pair.setdefault("grids", {})
+        for col, side, where, title in shown:
+            if side not in grids:
+                grids[side] = grid_png(pair[side], IMAGE_PX)
+            col.container(key=f"grid-{where}").image(grids[side], caption=f"{title} · click a view to enlarge it",
+                                                     width=IMAGE_PX, output_format="PNG")
+    else:
+        n = views_of(pair)
+        big = pair.setdefault("zoomed", {})
+        for col, side, where, title in shown:
+            if (side, view) not in big:
+                big[side, view] = view_png(pair[side], view, ZOOM_PX)
+            col.container(key=f"zoom-{where}").image(big[side, view], width=ZOOM_PX, output_format="PNG",
+                                                     caption=f"{title} · view {view + 1} of {n} · click to go back")
+        nav = st.columns(max(n, 4) + 2)
+        for i in range(n):
+            nav[i].button(f"View {i + 1}", key=f"nav-view-{i + 1}", on_click=_zoom, args=(i,), width="stretch",
+                          disabled=i == view)  # the view shown (not red: red buttons vote)
+        nav[-1].button("Close · Esc", key="nav-close", on_click=_zoom, args=(None,), width="stretch")
     buttons = st.columns(len(BUTTONS) + 1)
     for col, (label, button, hint) in zip(buttons, BUTTONS):
         col.button(f"{label} · {hint}", key=f"vote-{button}", on_click=_vote, args=(engine, user, button),
                    width="stretch", type="primary" if button in ("left", "right") else "secondary")
-    return buttons
+    # one popover per pair (its key): the next pair's starts closed, whatever had the focus in this one
+    with buttons[-1].popover("Can't judge?", key=f"skip-why-{pair['pair_id']}", width="stretch",
+                             help="Skip this pair and say why (optional). S skips without a reason."):
+        st.caption("Skip this pair because:")
+        for i, reason in enumerate(SKIP_REASONS):
+            st.button(reason.capitalize(), key=f"skip-reason-{i}", on_click=_vote, args=(engine, user, "skip"),
+                      kwargs={"reason": reason}, width="stretch")
+        with st.form("skip-other", clear_on_submit=True, border=False):
+            st.text_input("Other reason", key="skip-other-text", max_chars=votes.SKIP_REASON_MAX,
+                          placeholder="in a few words")
+            st.form_submit_button("Skip with this reason", on_click=_skip_other, args=(engine, user),
+                                  width="stretch")
 
 
 def render(engine, user: dict) -> None:

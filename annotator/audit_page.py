@@ -1,5 +1,7 @@
 """Audit page: judge–human agreement, inter-annotator agreement, position bias, τ calibration,
-annotator flags and a Bradley–Terry ranking, filtered by run, judge, annotator and date.
+annotator flags, people's skips by reason and a Bradley–Terry ranking of candidates (each named by its
+run, τ, seed and the config that differs between runs), filtered by run, judge, annotator and date.
+Tables are rounded to 3 decimals.
 
 db/audit.py computes everything the page shows without Streamlit, so `dreamdpo stats` prints the
 same numbers and the bench times exactly what the page waits for.
@@ -44,6 +46,10 @@ def render(engine, user: dict) -> None:
     data = audit_data(engine, filters, everything)
     s = data.summary
 
+    def table(frame: pd.DataFrame, **kwargs) -> None:
+        """Every table rounded to 3 decimals, no negative zero."""
+        st.dataframe(stats.rounded(frame), **kwargs)
+
     m = st.columns(4)
     m[0].metric("Votes", s.n_votes)
     m[1].metric("Pairs", s.n_pairs)
@@ -51,15 +57,15 @@ def render(engine, user: dict) -> None:
     m[3].metric("Krippendorff's α", f"{s.krippendorff_alpha:.3f}")
 
     st.subheader("Judge–human agreement")
-    st.dataframe(s.agreement, hide_index=True)
+    table(s.agreement, hide_index=True)
     if not s.agreement.empty:
         st.bar_chart(s.agreement.set_index("judge")[["agree_no_ties", "agree_all", "kappa"]])
     st.caption("Ties dropped: pairs where both the judge and the human majority chose a or b. "
                "CIs: percentile bootstrap over pairs.")
-    st.dataframe(s.agreement_by_run, hide_index=True)
+    table(s.agreement_by_run, hide_index=True)
 
     st.subheader("τ calibrated on people")
-    st.dataframe(pd.DataFrame([t.__dict__ for t in s.taus]), hide_index=True)
+    table(pd.DataFrame([t.__dict__ for t in s.taus]), hide_index=True)
     for j in judges if judge is None else [judge]:
         by_gap = stats.agreement_by_gap(data.votes, j)
         if len(by_gap):
@@ -67,26 +73,33 @@ def render(engine, user: dict) -> None:
             st.bar_chart(by_gap.set_index("gap_bin")["agreement"])
 
     st.subheader("Position bias")
-    st.dataframe(pd.concat({"annotators": s.position_annotators, "judges": s.position_judges}))
+    table(pd.concat({"annotators": s.position_annotators, "judges": s.position_judges}))
     st.caption("P(left chosen) with a two-sided binomial test against 0.5.")
-    st.dataframe(s.judge_flips.rename_axis("judge"))
+    table(s.judge_flips.rename_axis("judge"))
     st.caption("Model judges asked in both orders (swapped duplicates): share of verdicts that flip.")
-    st.dataframe(s.order_disagreement)
+    table(s.order_disagreement)
     st.caption("Judges that ask each pair in both orders (A/B, then B/A): share of pairs whose two orders "
                "disagree (then the verdict is a tie) and P(first shown chosen).")
     if not s.judge_judge_agreement.empty:
         st.subheader("Agreement between judges")
-        st.dataframe(s.judge_judge_agreement, hide_index=True)
+        table(s.judge_judge_agreement, hide_index=True)
         st.caption("Model judges on the same pairs (ensemble members): share of equal choices and Cohen's κ.")
 
     st.subheader("Annotators")
-    st.dataframe(s.annotators)
+    table(s.annotators)
     flagged = s.annotators[s.annotators["flagged"]] if not s.annotators.empty else s.annotators
     if len(flagged):
         st.warning("Flagged: " + "; ".join(f"{md(n)} ({md(r)})" for n, r in flagged["flag_reasons"].items()))
+
+    st.subheader("Skips by reason")
+    if s.skip_reasons.empty:
+        st.info("Nobody skipped a pair.")
+    else:
+        table(s.skip_reasons, hide_index=True)  # a reason is a cell of text, never markdown
+        st.caption("People's skips (not undone) and the reason they gave, if any.")
 
     st.subheader("Bradley–Terry ranking of candidates")
     if data.ranking.empty:
         st.info("No candidate comparisons with a human consensus yet.")
     else:
-        st.dataframe(data.ranking)
+        table(data.ranking)

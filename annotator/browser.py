@@ -15,7 +15,8 @@ import time
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-KEYS = {"left": "ArrowLeft", "right": "ArrowRight", "tie": "t", "both_bad": "b", "skip": "s"}
+KEYS = {"left": "ArrowLeft", "right": "ArrowRight", "tie": "t", "both_bad": "b", "skip": "s", "zoom": "z",
+        "unzoom": "Escape"}
 TIMEOUT_MS = 60_000
 UNTIL_S = 300.0  # `until`: only a hang takes this long, a loaded machine does not
 # runs in every page before the app: a bubbling listener on window sees a key after the app's
@@ -74,7 +75,7 @@ def wait_empty(page, timeout_ms: int = TIMEOUT_MS) -> None:
 
 
 def press(page, key: str, timeout_s: float = TIMEOUT_MS / 1000) -> None:
-    """Press a vote key ('left', 'right', 'tie', 'both_bad', 'skip') until a shortcut handler takes it."""
+    """Press a key ('left', 'right', 'tie', 'both_bad', 'skip'; 'zoom', 'unzoom') until a shortcut handler takes it."""
     end = time.monotonic() + timeout_s
     while True:
         page.evaluate("window.__dreamdpoKeyTaken = null; document.activeElement && document.activeElement.blur()")

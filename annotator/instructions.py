@@ -12,7 +12,8 @@ Better means: closer to the prompt and the question, and a plausible, coherent 3
 Left better (←) / Right better (→): the run moves the object towards that candidate and away from the other.
 Tie (T): both are equally good; the run learns no preference from this pair.
 Both bad (B): neither fits the prompt; the run learns nothing from this pair, and the log keeps it apart from the votes.
-Skip (S): you cannot tell (unsure, images unclear); the pair goes to someone else, or to the run's model judge when nobody else is online.
+Skip (S): you cannot tell (unsure, images unclear); the pair goes to someone else, or to the run's model judge when nobody else is online. "Can't judge?" beside it skips and lets you say why (optional).
+Click a view (or press Z, or 1–9) to see that view of both candidates larger; Esc or a click on it goes back.
 Judge quickly: a pair is yours for the time shown, then it goes back to the queue."""
 
 

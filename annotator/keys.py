@@ -7,13 +7,18 @@ queue is sent to Python one key at a time, and a key leaves the queue only when 
 back saying it handled that number (`acked`). A key that got no answer within RESEND_MS is sent
 again; Python handles each number once. Keys wait while the pair's images are still loading, so
 no vote is cast on a pair that is not drawn yet.
+
+A click on a candidate's image goes through the same queue: on an image inside a container keyed
+`grid-…` it is the action "zoom" with where it landed (`at`: fractions of the image's width and
+height, from which the page finds the view clicked); on one keyed `zoom-…` it is "unzoom".
 """
 from __future__ import annotations
 
 import streamlit as st
 
 # key as the browser names it → action
-KEYMAP = {"ArrowLeft": "left", "ArrowRight": "right", "t": "tie", "b": "both_bad", "s": "skip", "u": "undo"}
+KEYMAP = {"ArrowLeft": "left", "ArrowRight": "right", "t": "tie", "b": "both_bad", "s": "skip", "u": "undo",
+          "z": "zoom", "Escape": "unzoom", **{str(i): f"view{i}" for i in range(1, 10)}}
 RESEND_MS = 2000
 
 _JS = """
@@ -32,7 +37,7 @@ export default function (component) {
     const head = S.queue[0];
     if (S.inflight === head.seq && Date.now() - S.sentAt < RESEND_MS) return;
     S.inflight = head.seq; S.sentAt = Date.now();
-    S.send('key', { seq: head.seq, action: head.action });
+    S.send('key', { seq: head.seq, action: head.action, at: head.at || null });
   };
   if (!S.listening) {
     S.listening = true;
@@ -46,6 +51,16 @@ export default function (component) {
       S.queue.push({ seq: ++S.seq, action });
       S.flush();
     });
+    document.addEventListener('click', (e) => {
+      const img = e.target && e.target.closest ? e.target.closest('img') : null;
+      const box = img && img.closest('[class*="st-key-grid-"], [class*="st-key-zoom-"]');
+      if (!box) return;
+      const r = img.getBoundingClientRect();
+      const at = [(e.clientX - r.left) / (r.width || 1), (e.clientY - r.top) / (r.height || 1)];
+      const zoomed = box.matches('[class*="st-key-zoom-"]');
+      S.queue.push({ seq: ++S.seq, action: zoomed ? 'unzoom' : 'zoom', at: zoomed ? null : at });
+      S.flush();
+    });
     setInterval(() => S.flush(), 100);
   }
   S.flush();
@@ -55,8 +70,9 @@ export default function (component) {
 _component = st.components.v2.component("dreamdpo_keys", js=_JS)
 
 
-def pressed() -> tuple[int, str] | None:
-    """Mount the listener (tell it which keys were handled) and return this rerun's key: (seq, action)."""
+def pressed() -> tuple[int, str, tuple[float, float] | None] | None:
+    """Mount the listener (tell it which keys were handled) and return this rerun's key or click:
+    (seq, action, where a click landed or None)."""
     ss = st.session_state
     result = _component(key="dreamdpo-keys", data={"acked": ss.get("key_seq", 0), "keymap": KEYMAP},
                         on_key_change=lambda: None, height=0)
@@ -67,7 +83,9 @@ def pressed() -> tuple[int, str] | None:
     if seq <= ss.get("key_seq", 0):
         return None  # sent again after a slow answer: already handled
     ss["key_seq"] = seq
-    return seq, str(sent["action"])
+    at = sent.get("at")
+    where = (float(at[0]), float(at[1])) if isinstance(at, (list, tuple)) and len(at) == 2 else None
+    return seq, str(sent["action"]), where
 
 
 def handled() -> None:

@@ -141,6 +141,7 @@ class Vote(Base):
     score_b: Mapped[float | None] = mapped_column(sa.Float)
     shown_left: Mapped[str | None] = mapped_column(sa.String(1))
     latency_ms: Mapped[int | None] = mapped_column(sa.Integer)
+    # a model judge's raw answer; a person's skip: their optional reason (db.votes.skip_reason)
     raw: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     retracted: Mapped[bool] = mapped_column(sa.Boolean, default=False)

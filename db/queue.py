@@ -24,10 +24,11 @@ from sqlalchemy.orm import Session
 
 from db.accounts import active_annotator
 from db.engine import read_only
+from db.errors import LogError
 from db.leases import holders, valid_claim
-from db.models import Claim, Image, Pair, Run, UTCDateTime, Vote, utcnow
+from db.models import Claim, Image, Pair, Run, UTCDateTime, Vote, int_or_none, utcnow
 from db.pairs import lock_pair
-from db.votes import STANDING_COUNTS, standing_vote
+from db.votes import STANDING_COUNTS, skip_reason, standing_vote
 
 CLAIM_BATCH = 4  # candidates a tier locks at a time
 
@@ -151,15 +152,22 @@ def claim_pair(engine: sa.Engine, pair_id: int, annotator_id: int, lease_seconds
         return _claim_first(s, [pair_id], annotator_id, now, lease_seconds, "direct")
 
 
-def release(engine: sa.Engine, pair_id: int, annotator_id: int) -> None:
-    """Skip without voting: the lease is dropped and a 'skip' vote keeps the pair from coming back."""
+def release(engine: sa.Engine, pair_id: int, annotator_id: int, reason: str | None = None,
+            shown_left: str | None = None, latency_ms: int | None = None) -> None:
+    """Skip without voting: the lease is dropped and a 'skip' vote keeps the pair from coming back.
+    `reason` (optional, why the person could not judge) is stored with the skip as plain text
+    (db.votes.skip_reason), with the order the pair was shown in and the time to the skip."""
+    if shown_left not in (None, "a", "b"):
+        raise LogError(f"shown_left must be a or b, not {shown_left!r}")
+    reason = skip_reason(reason)
     now = utcnow()
     with Session(engine) as s, s.begin():
         active_annotator(s, annotator_id)  # a deactivated account changes nothing
         pair = lock_pair(s, pair_id)
         claim = valid_claim(s, pair_id, annotator_id, now)
         if claim is not None and pair.status == "pending" and standing_vote(s, pair_id, annotator_id) is None:
-            s.add(Vote(pair_id=pair_id, annotator_id=annotator_id, choice="skip", created_at=now))
+            s.add(Vote(pair_id=pair_id, annotator_id=annotator_id, choice="skip", shown_left=shown_left,
+                       latency_ms=int_or_none(latency_ms), raw=reason, created_at=now))
         s.execute(sa.delete(Claim).where(Claim.pair_id == pair_id, Claim.annotator_id == annotator_id))
 
 

@@ -8,7 +8,9 @@ from db.models import Annotator, Decision, Pair, Run, Vote
 from db.timefilter import parse_time
 
 VOTE_COLUMNS = ["vote_id", "pair_id", "run_id", "step", "kind", "annotator", "judge", "choice", "score_a", "score_b",
-                "shown_left", "latency_ms", "created_at", "gold_answer", "duplicate_of", "retracted"]
+                "shown_left", "latency_ms", "created_at", "gold_answer", "duplicate_of", "retracted", "skip_reason"]
+# a person's reason for a skip (db.votes.skip_reason); None for every other vote, a judge's raw answer included
+_SKIP_REASON = sa.case((sa.and_(Vote.choice == "skip", Vote.annotator_id.is_not(None)), Vote.raw), else_=None)
 
 
 def _frame(engine, stmt, columns) -> pd.DataFrame:
@@ -21,10 +23,11 @@ def _frame(engine, stmt, columns) -> pd.DataFrame:
 
 
 def votes_frame(engine, run_id: int | None = None, since=None) -> pd.DataFrame:
-    """Every vote (people and model judges, skips and retracted ones included), oldest first."""
+    """Every vote (people and model judges, skips and retracted ones included), oldest first; a
+    person's skip carries its reason in `skip_reason`."""
     stmt = (sa.select(Vote.id, Vote.pair_id, Pair.run_id, Pair.step, Pair.kind, Annotator.name, Vote.judge_name,
                       Vote.choice, Vote.score_a, Vote.score_b, Vote.shown_left, Vote.latency_ms, Vote.created_at,
-                      Pair.gold_answer, Pair.duplicate_of, Vote.retracted)
+                      Pair.gold_answer, Pair.duplicate_of, Vote.retracted, _SKIP_REASON)
             .join(Pair, Pair.id == Vote.pair_id).outerjoin(Annotator, Annotator.id == Vote.annotator_id)
             .order_by(Vote.id))
     if run_id is not None:

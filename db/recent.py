@@ -10,8 +10,10 @@ from db.models import Decision, Image, Pair, Vote
 
 def recent_votes(engine, annotator_id: int, n: int = 10) -> list[dict]:
     """This person's own latest votes (newest first), with what became of each pair (`winner`, None
-    while undecided): pair_id, choice, shown_left, created_at, retracted, winner."""
-    q = (sa.select(Vote.pair_id, Vote.choice, Vote.shown_left, Vote.created_at, Vote.retracted, Decision.winner)
+    while undecided): pair_id, choice, shown_left, created_at, retracted, winner, reason (a skip's, else None)."""
+    reason = sa.case((Vote.choice == "skip", Vote.raw), else_=None).label("reason")
+    q = (sa.select(Vote.pair_id, Vote.choice, Vote.shown_left, Vote.created_at, Vote.retracted, Decision.winner,
+                   reason)
          .outerjoin(Decision, Decision.pair_id == Vote.pair_id)
          .where(Vote.annotator_id == annotator_id).order_by(Vote.id.desc()).limit(n))
     with read_only(engine) as conn:

@@ -2,7 +2,7 @@
 
 Input is the frame of `db.read.votes_frame` (one row per vote; columns vote_id, pair_id, run_id,
 step, kind, annotator, judge, choice, score_a, score_b, shown_left, latency_ms, created_at,
-gold_answer, duplicate_of, retracted). Nothing here touches the database or torch, so the app
+gold_answer, duplicate_of, retracted, skip_reason). Nothing here touches the database or torch, so the app
 page, the CLI and the notebook compute the same numbers from the same frame.
 
 Conventions:
@@ -100,6 +100,34 @@ def human_votes(frame: pd.DataFrame) -> pd.DataFrame:
 def judge_votes(frame: pd.DataFrame, judge: str | None = None) -> pd.DataFrame:
     votes = frame[frame["judge"].notna()]
     return votes if judge is None else votes[votes["judge"] == judge]
+
+
+NO_REASON = "(no reason given)"
+
+
+def skip_reasons(frame: pd.DataFrame) -> pd.DataFrame:
+    """People's skips (not retracted) counted by the reason they gave, most frequent first; skips
+    without a reason count under NO_REASON. Columns: reason, skips."""
+    skips = human_votes(frame)
+    skips = skips[skips["choice"] == "skip"]
+    if "retracted" in skips:
+        skips = skips[~skips["retracted"].fillna(False).astype(bool)]
+    if skips.empty:
+        return pd.DataFrame({"reason": pd.Series(dtype=object), "skips": pd.Series(dtype="int64")})
+    reasons = skips["skip_reason"] if "skip_reason" in skips else pd.Series(None, index=skips.index, dtype=object)
+    counts = reasons.fillna(NO_REASON).value_counts()
+    out = pd.DataFrame({"reason": counts.index.astype(str), "skips": counts.to_numpy().astype("int64")})
+    return out.sort_values(["skips", "reason"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def rounded(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """The frame with every float column rounded to `digits` decimals and no negative zero (a value
+    such as -1e-16 shows as 0.0, never -0.0 or -0.0000000000000001); other columns as they are."""
+    out = frame.copy()
+    for col in out.columns:
+        if pd.api.types.is_float_dtype(out[col]):
+            out[col] = out[col].round(digits) + 0.0  # -0.0 + 0.0 is 0.0
+    return out
 
 
 # ----------------------------------------------------------------------------- crowd aggregation
@@ -552,6 +580,7 @@ class AuditSummary:
     n_pairs: int
     order_disagreement: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
     judge_judge_agreement: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    skip_reasons: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
 
 def audit_summary(frame: pd.DataFrame, target_agreement: float = 0.9, n_boot: int = 200,
@@ -572,4 +601,5 @@ def audit_summary(frame: pd.DataFrame, target_agreement: float = 0.9, n_boot: in
         n_pairs=int(frame["pair_id"].nunique()),
         order_disagreement=order_disagreement(frame),
         judge_judge_agreement=judge_judge_agreement(frame),
+        skip_reasons=skip_reasons(frame),
     )

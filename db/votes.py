@@ -5,6 +5,8 @@ that locks the pair's row first (db/pairs.py: `lock_pair`, and the note on concu
 Rules worth knowing:
 - A skip (`db.queue.release`, or `vote(..., "skip")`) is a vote row with choice 'skip': it frees the
   slot, never counts towards a decision, and keeps the pair from being offered to that person again.
+  Its optional reason (why the person could not judge the pair) is kept in the row's `raw` column as
+  plain text: one line, at most SKIP_REASON_MAX characters (`skip_reason`).
 - Undo sets `retracted` on the vote row (rows are never deleted). It is allowed while the pair is
   undecided and the lease valid; with votes_needed=1 a vote decides at once, so undo is only
   possible while other votes are still outstanding.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import unicodedata
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -40,6 +43,21 @@ STANDING_COUNTS = (sa.select(Vote.choice, sa.func.count())
                           Vote.retracted.is_(False), Vote.choice != "skip").group_by(Vote.choice))
 
 
+SKIP_REASON_MAX = 200  # characters of a skip's reason kept in the log
+
+
+def skip_reason(text: object) -> str | None:
+    """A person's reason for a skip as the log keeps it: plain text on one line (control and format
+    characters dropped, runs of whitespace made one space), at most SKIP_REASON_MAX characters; None
+    when nothing is left. Markup is kept as typed: every reader shows it as text."""
+    if text is None:
+        return None
+    kept = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in str(text)
+                   if unicodedata.category(c) != "Cf")
+    line = " ".join(kept.split())[:SKIP_REASON_MAX].strip()
+    return line or None
+
+
 def standing_vote(s: Session, pair_id: int, annotator_id: int) -> Vote | None:
     """The person's vote on the pair that was not retracted (a skip included), or None."""
     return s.scalars(sa.select(Vote).where(Vote.pair_id == pair_id, Vote.annotator_id == annotator_id,
@@ -47,10 +65,14 @@ def standing_vote(s: Session, pair_id: int, annotator_id: int) -> Vote | None:
 
 
 def vote(engine: sa.Engine, pair_id: int, annotator_id: int, choice: str, shown_left: str | None = None,
-         latency_ms: int | None = None) -> dict:
-    """Store a person's vote (idempotent per pair and person) and decide the pair if enough are in."""
+         latency_ms: int | None = None, reason: str | None = None) -> dict:
+    """Store a person's vote (idempotent per pair and person) and decide the pair if enough are in.
+    A skip may carry a reason (`skip_reason`); any other choice may not."""
     if choice not in CHOICES:
         raise LogError(f"choice {choice!r} is not one of {', '.join(CHOICES)}")
+    reason = skip_reason(reason)
+    if reason is not None and choice != "skip":
+        raise LogError("only a skip carries a reason")
     if shown_left not in (None, "a", "b"):
         raise LogError(f"shown_left must be a or b, not {shown_left!r}")
     now = utcnow()
@@ -76,7 +98,7 @@ def vote(engine: sa.Engine, pair_id: int, annotator_id: int, choice: str, shown_
             raise LogError(f"no valid lease on pair {pair_id} (it expired or was never claimed); claim the next pair")
         else:
             v = Vote(pair_id=pair_id, annotator_id=annotator_id, choice=choice, shown_left=shown_left,
-                     latency_ms=int_or_none(latency_ms), created_at=now)
+                     latency_ms=int_or_none(latency_ms), raw=reason, created_at=now)
             s.add(v)
             s.flush()
             if choice == "skip":

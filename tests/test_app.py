@@ -154,6 +154,107 @@ def test_skip_with_nobody_else_online_hands_the_pair_to_the_run_at_once(log):
     assert queue.claim_next(engine, users["root"]["id"]) is None
 
 
+def skip_rows(engine, pair_id):
+    with engine.connect() as c:
+        return c.execute(sa.select(Vote.choice, Vote.raw, Vote.shown_left).where(
+            Vote.pair_id == pair_id, Vote.annotator_id.is_not(None))).all()
+
+
+def test_skip_without_a_reason_stores_none(log):
+    engine, url, _, users = log
+    _, pair_id = run_with_pair(engine)
+    at = page("annotate_page", url, users["ann"]).run()
+    shown_left = at.session_state["pair"]["shown_left"]
+    at.button(key="vote-skip").click().run()
+    assert skip_rows(engine, pair_id) == [("skip", None, shown_left)]
+
+
+def test_skip_with_a_preset_reason_is_stored_and_shown_as_text(log):
+    from annotator.annotate_page import SKIP_REASONS
+
+    engine, url, _, users = log
+    _, pair_id = run_with_pair(engine)
+    at = page("annotate_page", url, users["ann"]).run()
+    assert at.session_state["pair"]["pair_id"] == pair_id
+    at.button(key="skip-reason-1").click().run()
+    assert [tuple(r)[:2] for r in skip_rows(engine, pair_id)] == [("skip", SKIP_REASONS[1])]
+    assert any(f"Skipped pair {pair_id} (reason: {SKIP_REASONS[1]})" in c.value for c in at.caption)
+    assert f"pair {pair_id}: Skip ({SKIP_REASONS[1]})" in " ".join(texts(at))  # the person's own list
+    assert "No pairs are waiting for you" in at.info[0].value
+
+
+def test_skip_with_own_words_is_one_bounded_line_never_markdown(log):
+    from db.votes import SKIP_REASON_MAX
+
+    engine, url, _, users = log
+    run_id, pair_id = run_with_pair(engine)
+    other = pairs.post_pair(engine, run_id, 1, png(3), png(4))
+    at = page("annotate_page", url, users["ann"]).run()
+    typed = "  **bold**   [a link](http://x) " + XSS  # the field takes SKIP_REASON_MAX characters, one line
+    assert at.text_input(key="skip-other-text").max_chars == SKIP_REASON_MAX
+    at.text_input(key="skip-other-text").input(typed)
+    next(b for b in at.button if b.label == "Skip with this reason").click().run()
+    [(choice, raw, _)] = skip_rows(engine, pair_id)
+    assert choice == "skip" and raw == "**bold** [a link](http://x) " + XSS
+    [ack] = [c.value for c in at.caption if c.value.startswith("Last: Skipped")]
+    assert "\\*\\*bold\\*\\*" in ack and "\\<script\\>" in ack  # escaped: shown as the characters typed
+    assert at.session_state["pair"]["pair_id"] == other
+    assert not any("<script>" in m.value and "\\<" not in m.value for m in at.markdown)
+    # an empty text skips without a reason
+    next(b for b in at.button if b.label == "Skip with this reason").click().run()
+    assert skip_rows(engine, other) == [("skip", None, at.session_state["sides"][other])]
+
+
+def strip(value: int, n: int = 4) -> bytes:
+    """A candidate of n 8-px views side by side, view i filled with value + 10 i."""
+    import numpy as np
+
+    return png_bytes(np.concatenate([np.full((8, 8, 3), value + 10 * i, np.uint8) for i in range(n)], 1))
+
+
+def test_a_view_is_zoomed_for_both_candidates_and_closes(log):
+    import io
+
+    from PIL import Image
+
+    from annotator.annotate_page import ZOOM_PX
+    from annotator.views import view_at
+
+    engine, url, _, users = log
+    run_id = runs.create_run(engine, "a red cube", status="running")
+    first = pairs.post_pair(engine, run_id, 0, strip(0), strip(100))
+    second = pairs.post_pair(engine, run_id, 1, strip(50), strip(150))
+    at = page("annotate_page", url, users["ann"]).run()
+    assert count_images(at.main) == 2 and not [b for b in at.button if b.key == "nav-close"]
+    # what a click on the lower right view of a grid, or the key 2, asks for
+    assert view_at(4, 0.9, 0.9) == 3 and view_at(4, 0.1, 0.1) == 0 and view_at(4, 0.8, 0.2) == 1
+    at.session_state["zoom"] = {"pair_id": first, "view": 3}
+    at.run()
+    assert count_images(at.main) == 2 and [b.key for b in at.button if b.key and b.key.startswith("nav-")] == [
+        "nav-view-1", "nav-view-2", "nav-view-3", "nav-view-4", "nav-close"]
+    assert [c.split(" · ")[:2] for c in captions_of(at.main)] == [["Left (←)", "view 4 of 4"], ["Right (→)", "view 4 of 4"]]
+    shown = at.session_state["pair"]["zoomed"]
+    assert {k[1] for k in shown} == {3} and len(shown) == 2  # the same view of both candidates
+    for png_ in shown.values():
+        img = Image.open(io.BytesIO(png_))
+        assert img.size == (ZOOM_PX, ZOOM_PX) and img.getpixel((0, 0))[0] in (30, 130)  # view 4: value + 30
+    at.button(key="nav-view-2").click().run()
+    assert at.session_state["zoom"] == {"pair_id": first, "view": 1}
+    at.button(key="vote-tie").click().run()  # votes work while zoomed; the next pair starts with its grids
+    assert stored_votes(engine, first)[0][0] == "tie"
+    assert at.session_state["pair"]["pair_id"] == second and not [b for b in at.button if b.key == "nav-close"]
+    at.session_state["zoom"] = {"pair_id": second, "view": 0}
+    at.run()
+    at.button(key="nav-close").click().run()
+    assert at.session_state["zoom"] is None and not [b for b in at.button if b.key == "nav-close"]
+
+
+def captions_of(node) -> list[str]:
+    """The captions of the images drawn under `node`."""
+    own = list(node.captions) if getattr(node, "type", None) == "image" else []
+    return own + [c for child in getattr(node, "children", {}).values() for c in captions_of(child)]
+
+
 def test_undo_while_the_lease_holds_then_vote_again(log):
     engine, url, _, users = log
     _, pair_id = run_with_pair(engine, votes_needed=2)

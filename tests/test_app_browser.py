@@ -1,7 +1,7 @@
 """The Annotate page as a person at a 1366×768 laptop screen uses it, in a real Chromium
 (Playwright, /usr/bin/chromium): what fits on screen, fast key bursts, undo, the lease countdown,
-sessions across reloads. Each test has its own log and app server. No speed is asserted; every
-wait polls a condition with a generous time-out."""
+the zoom, skips with a reason, sessions across reloads. Each test has its own log and app server.
+No speed is asserted; every wait polls a condition with a generous time-out."""
 from __future__ import annotations
 
 import re
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from annotator.browser import free_port, sign_in, until, wait_empty, wait_pair
+from annotator.browser import free_port, press, sign_in, until, wait_empty, wait_pair
 from db import accounts, pairs, runs
 from db.engine import connect
 from db.models import Pair, Vote
@@ -93,7 +93,7 @@ def test_both_candidates_the_buttons_and_the_prompt_fit_in_1366x768(app, browser
             assert in_viewport(page, images.nth(i)), f"candidate {i} is not inside the 1366×768 viewport"
             shown = images.nth(i).bounding_box()
             assert shown["width"] >= 2 * 128  # a 2×2 grid of views, each at least 128 px on screen
-        for name in ("Left better", "Right better", "Tie", "Both bad", "Skip"):
+        for name in ("Left better", "Right better", "Tie", "Both bad", "Skip", "Can't judge"):
             assert in_viewport(page, page.get_by_role("button", name=re.compile(f"^{name}"))), name
         assert in_viewport(page, page.get_by_text("a red cube", exact=True))
         # each key hint once, in the label
@@ -178,6 +178,92 @@ def test_skip_with_nobody_else_online_releases_the_pair_to_the_run_at_once(app, 
         with engine.connect() as c:
             assert c.execute(sa.select(Pair.status).where(Pair.id == pid)).scalar() == "expired"
         wait_empty(page)
+    finally:
+        context.close()
+
+
+def drawn(page, selector: str) -> bool:
+    """Every image under `selector` is loaded, and there is at least one."""
+    return page.evaluate("(s) => { const imgs = Array.from(document.querySelectorAll(s));"
+                         "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }", selector)
+
+
+def test_a_click_enlarges_the_same_view_of_both_candidates_and_closing_returns(app, browser):
+    engine, base = app
+    token = accounts.add_annotator(engine, "ann")
+    [pid] = run_with_pairs(engine, 1)
+    context, page = open_page(browser, base, token)
+    try:
+        wait_pair(page, pid)
+        grid = page.locator(".st-key-grid-left img")
+        until(lambda: drawn(page, ".st-key-grid-left img") and drawn(page, ".st-key-grid-right img"),
+              "the grids were not drawn")
+        box = grid.bounding_box()
+        grid.click(position={"x": box["width"] * 0.75, "y": box["height"] * 0.75})  # view 4 of the 2×2 grid
+        for side in ("Left", "Right"):
+            page.get_by_text(f"{side} (←) · view 4 of 4" if side == "Left" else f"{side} (→) · view 4 of 4",
+                             exact=False).wait_for()
+        until(lambda: drawn(page, ".st-key-zoom-left img") and drawn(page, ".st-key-zoom-right img"),
+              "the enlarged views were not drawn")
+        left, right = (page.locator(f".st-key-zoom-{s} img").bounding_box() for s in ("left", "right"))
+        assert left["width"] > box["width"] / 2 * 1.5  # a view larger than in the grid
+        assert abs(left["y"] - right["y"]) < 1 and abs(left["height"] - right["height"]) < 1  # aligned
+        assert left["x"] + left["width"] <= right["x"]  # side by side
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "annotate-zoom-1366x768.png"))
+        press(page, "unzoom")  # Esc returns to the grids
+        page.locator(".st-key-grid-left img").wait_for()
+        until(lambda: page.locator(".st-key-zoom-left img").count() == 0, "the enlarged view stayed")
+        press(page, "zoom")  # Z opens the view enlarged last
+        page.get_by_text("Left (←) · view 4 of 4", exact=False).wait_for()
+        page.get_by_role("button", name="View 2").click()
+        page.get_by_text("Left (←) · view 2 of 4", exact=False).wait_for()
+        until(lambda: drawn(page, ".st-key-zoom-right img"), "view 2 was not drawn")
+        page.locator(".st-key-zoom-right img").click()  # a click on a large view returns
+        page.locator(".st-key-grid-right img").wait_for()
+        assert people_votes(engine) == []  # looking is no vote
+        press(page, "left")  # and the keys still vote
+        until(lambda: people_votes(engine), "the vote after the zoom was not stored")
+    finally:
+        context.close()
+
+
+def test_a_skip_with_a_reason_is_stored_and_s_still_skips_at_once(app, browser):
+    engine, base = app
+    token = accounts.add_annotator(engine, "ann")
+    pids = run_with_pairs(engine, 3)
+    context, page = open_page(browser, base, token)
+
+    def reasons():
+        with engine.connect() as c:
+            return c.execute(sa.select(Vote.pair_id, Vote.choice, Vote.raw).where(Vote.annotator_id.is_not(None))
+                             .order_by(Vote.id)).all()
+
+    def next_pair(pid: int) -> None:
+        """Until pair `pid` is on screen and the last pair's reasons have closed."""
+        page.get_by_text(re.compile(rf"pair {pid}$")).wait_for()
+        until(lambda: page.get_by_role("button", name="Skip with this reason").count() == 0,
+              "the reasons stayed open on the next pair")
+
+    try:
+        wait_pair(page, pids[0])
+        page.get_by_role("button", name=re.compile("^Can't judge")).click()
+        page.get_by_role("button", name="Images broken or empty").click()
+        until(lambda: len(reasons()) == 1, "the skip with a preset reason was not stored")
+        next_pair(pids[1])
+        page.get_by_role("button", name=re.compile("^Can't judge")).click()
+        field = page.get_by_label("Other reason")
+        field.fill("the *left* one is <b>blank</b>")
+        field.press("Enter")
+        until(lambda: len(reasons()) == 2, "the skip with a reason of one's own was not stored")
+        page.get_by_text("Last: Skipped pair", exact=False).filter(has_text="the *left* one is <b>blank</b>").wait_for()
+        next_pair(pids[2])
+        press(page, "skip")  # S skips at once, no reason asked
+        until(lambda: len(reasons()) == 3, "S did not skip")
+        assert [tuple(r) for r in reasons()] == [(pids[0], "skip", "images broken or empty"),
+                                                 (pids[1], "skip", "the *left* one is <b>blank</b>"),
+                                                 (pids[2], "skip", None)]
+        assert page.locator("b", has_text="blank").count() == 0  # the reason is shown as text
     finally:
         context.close()
 

@@ -123,3 +123,53 @@ def test_stats_and_export_on_an_empty_log(tmp_path, capsys):
     assert main(["export", "--format", "jsonl", "--out", str(tmp_path / "e"), "--db", url]) == 0
     assert f"from the log at {url}" in capsys.readouterr().out
     assert json.loads((tmp_path / "e" / "manifest.json").read_text())["counts"]["comparisons"] == 0
+
+
+def test_run_names_say_tau_seed_and_what_differs():
+    from db.audit import run_names
+
+    base = {"prompt": "a red cube", "seed": 0, "steps": 300, "device": "cpu", "out": "/tmp/a",
+            "dpo": {"tau": 0.05, "candidates": 2}}
+    runs = [{"id": 3, "prompt": "a red cube", "config": base},
+            {"id": 4, "prompt": "a red cube", "config": {**base, "seed": 1, "out": "/tmp/b", "device": "cuda"}},
+            {"id": 5, "prompt": "a red cube", "config": {**base, "dpo": {"tau": 0.01, "candidates": 8}}}]
+    assert run_names(runs) == {3: "run 3 (τ=0.05, seed 0, dpo.candidates=2)",
+                               4: "run 4 (τ=0.05, seed 1, dpo.candidates=2)",
+                               5: "run 5 (τ=0.01, seed 0, dpo.candidates=8)"}  # out and device never name a run
+    assert run_names(runs[:1]) == {3: "run 3 (τ=0.05, seed 0)"}
+    other = [runs[0], {"id": 9, "prompt": "a blue\nsphere " + "x" * 60, "config": None}]
+    names = run_names(other)
+    assert names[3] == 'run 3 ("a red cube", τ=0.05, seed 0)'  # the only config: nothing differs
+    assert names[9].startswith('run 9 ("a blue sphere xxx') and names[9].endswith('x…")') and len(names[9]) < 60
+
+
+def test_the_bradley_terry_table_names_candidates_by_run_and_config_and_is_rounded(tmp_path, capsys):
+    import numpy as np
+
+    from db import accounts, pairs, queue, runs, votes
+    from db.audit import AuditFilters, audit_data
+    from db.engine import connect
+    from dreamdpo.commands.audit import format_audit
+    from dreamdpo.images import png_bytes
+
+    engine = connect(f"sqlite:///{tmp_path / 'log.db'}")
+    people = [accounts.authenticate(engine, accounts.add_annotator(engine, n))["id"] for n in ("ann", "bob")]
+    rid = runs.create_run(engine, "a red cube", status="running", config={"seed": 0, "dpo": {"tau": 0.05}})
+    image = lambda i: png_bytes(np.full((4, 4, 3), i, np.uint8))  # noqa: E731
+    # a cycle of three candidates, each winning once: equal strengths, 0 up to rounding noise
+    for step, (sa_, sb_) in enumerate([(1106104, 2002), (2002, 3003), (3003, 1106104)]):
+        pid = pairs.post_pair(engine, rid, step * 10, image(step), image(step + 50), seed_a=sa_, seed_b=sb_)
+        queue.claim_next(engine, people[0])
+        votes.vote(engine, pid, people[0], "a")
+    ranking = audit_data(engine, AuditFilters(n_boot=20)).ranking
+    assert sorted(ranking.index) == ["run 1 (τ=0.05, seed 0) · step 0 · noise 1106104",
+                                     "run 1 (τ=0.05, seed 0) · step 0 · noise 2002",
+                                     "run 1 (τ=0.05, seed 0) · step 10 · noise 3003"]
+    for col in ("strength", "low", "high"):
+        values = ranking[col].to_numpy()
+        assert not np.signbit(values[values == 0]).any()  # 0.0, never -0.0
+        assert (np.round(values, 3) == values).all()
+    printed = format_audit(audit_data(engine, AuditFilters(n_boot=20)))
+    table = printed.split("Bradley-Terry")[1]
+    assert "run 1 (τ=0.05, seed 0) · step 0 · noise 1106104" in table
+    assert "-0.000" not in printed and "e-1" not in table and "run1/seed" not in printed

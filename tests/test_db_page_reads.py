@@ -35,7 +35,7 @@ def test_recent_votes_are_the_persons_own_newest_first_with_the_outcome(engine, 
     mine = recent_votes(engine, ann)
     assert [v["pair_id"] for v in mine] == [second, first]
     assert [(v["choice"], v["winner"], v["retracted"]) for v in mine] == [("b", None, False), ("a", "a", False)]
-    assert set(mine[0]) == {"pair_id", "choice", "shown_left", "created_at", "retracted", "winner"}
+    assert set(mine[0]) == {"pair_id", "choice", "shown_left", "created_at", "retracted", "winner", "reason"}
     assert [v["pair_id"] for v in recent_votes(engine, ann, n=1)] == [second]
     assert recent_votes(engine, person(engine, "new")) == []
 

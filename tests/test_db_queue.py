@@ -7,6 +7,7 @@ import threading
 import time
 from datetime import timedelta
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from PIL import Image
@@ -256,6 +257,42 @@ def test_skips_do_not_count_towards_the_decision(engine, run):
     assert votes.vote(engine, pid, a, "skip")["decided"] is False
     queue.claim_next(engine, b)
     assert votes.vote(engine, pid, b, "tie")["decision"]["winner"] == "tie"
+
+
+def test_a_skip_keeps_its_reason_as_one_bounded_line_of_text(engine, run):
+    pid, other, third = post(engine, run, 1), post(engine, run, 2), post(engine, run, 3)
+    a = person(engine, "ann")
+    assert queue.claim_next(engine, a)["pair_id"] == pid
+    typed = "  **can't** tell\n<b>them</b>\u200b apart\t" + "x" * 500
+    queue.release(engine, pid, a, reason=typed, shown_left="b", latency_ms=1234)
+    assert queue.claim_next(engine, a)["pair_id"] == other
+    votes.vote(engine, other, a, "skip", reason="images broken or empty")
+    assert queue.claim_next(engine, a)["pair_id"] == third
+    queue.release(engine, third, a, reason="   ")  # nothing left: no reason
+    with pytest.raises(LogError, match="only a skip"):
+        votes.vote(engine, post(engine, run, 4), a, "tie", reason="why not")
+    model = votes.log_judge(engine, pid, "toy", "skip", None, None, raw="judge output")
+    with engine.connect() as c:
+        rows = dict(c.execute(sa.select(Vote.pair_id, Vote.raw).where(Vote.annotator_id == a)).all())
+        first = c.execute(sa.select(Vote.shown_left, Vote.latency_ms).where(Vote.pair_id == pid,
+                                                                             Vote.annotator_id == a)).one()
+    kept = rows[pid]
+    assert kept.startswith("**can't** tell <b>them</b> apart xxx") and "\n" not in kept and "\u200b" not in kept
+    assert len(kept) == votes.SKIP_REASON_MAX and tuple(first) == ("b", 1234)
+    assert rows[other] == "images broken or empty" and rows[third] is None
+    frame = votes_frame(engine).set_index("vote_id")
+    assert pd.isna(frame.loc[model, "skip_reason"])  # a judge's raw answer is no skip reason
+    assert sorted(frame["skip_reason"].dropna()) == sorted([kept, "images broken or empty"])
+    from db.recent import recent_votes
+
+    assert {v["pair_id"]: v["reason"] for v in recent_votes(engine, a)}[other] == "images broken or empty"
+
+
+def test_skip_reason_cleaning():
+    assert votes.skip_reason(None) is None and votes.skip_reason(" \n\t ") is None
+    assert votes.skip_reason("a\r\nb\x00c\u2028d") == "a b c d"
+    assert votes.skip_reason("[link](http://x) :red[y] $z$") == "[link](http://x) :red[y] $z$"  # kept as typed
+    assert len(votes.skip_reason("é" * 1000)) == votes.SKIP_REASON_MAX
 
 
 def test_undo_while_undecided_and_vote_again(engine, run):

@@ -160,6 +160,36 @@ def test_bradley_terry_by_hand_and_against_logistic_regression():
     assert ci.index[0] == 3 and (ci["low"] <= ci["strength"]).all() and (ci["strength"] <= ci["high"]).all()
 
 
+def test_rounded_tables_have_no_negative_zero():
+    frame = pd.DataFrame({"strength": [-1e-16, 0.12345, -0.0004, 2.0], "n": [1, 2, 3, 4], "who": list("abcd")})
+    out = stats.rounded(frame)
+    assert out["strength"].tolist() == [0.0, 0.123, 0.0, 2.0]
+    assert not np.signbit(out["strength"]).any()  # -1e-16 and -0.0004 are 0.0, not -0.0
+    assert out["n"].tolist() == [1, 2, 3, 4] and out["who"].tolist() == list("abcd")
+    assert frame["strength"].iloc[0] == -1e-16  # the input is left as it was
+    # symmetric wins give strengths that are zero up to rounding noise: the table shows 0.0
+    comp = pd.DataFrame({"item_a": ["A", "B", "C"], "item_b": ["B", "C", "A"], "winner": ["a", "a", "a"]})
+    assert not np.signbit(stats.rounded(stats.bradley_terry_ci(comp, n_boot=5))["strength"]).any()
+    from dreamdpo.commands.audit import number
+
+    assert [number(x) for x in (-1e-16, -0.0004, -0.0006, 0.0, 1.23456)] == ["0.000", "0.000", "-0.001", "0.000",
+                                                                             "1.235"]
+
+
+def test_skips_are_counted_by_reason():
+    f = votes([(1, "x", None, "skip", "a"), (2, "x", None, "skip", "a"), (3, "y", None, "skip", "b"),
+               (4, "y", None, "skip", None), (5, None, "j", "skip", None), (6, "z", None, "a", "a"),
+               (7, "z", None, "skip", "a")])
+    f["skip_reason"] = ["images broken", "can't tell", "images broken", None, "judge raw", None, "<b>x</b>"]
+    f.loc[6, "retracted"] = True  # an undone skip does not count
+    got = stats.skip_reasons(f)
+    assert list(got.columns) == ["reason", "skips"]
+    assert got.to_dict("records") == [{"reason": "images broken", "skips": 2}, {"reason": "(no reason given)", "skips": 1},
+                                      {"reason": "can't tell", "skips": 1}]
+    assert stats.skip_reasons(f[f["choice"] != "skip"]).empty
+    assert stats.skip_reasons(f.drop(columns="skip_reason"))["reason"].tolist() == ["(no reason given)"]
+
+
 @pytest.mark.filterwarnings("ignore")  # crowd-kit's own pandas deprecation warnings
 def test_majority_and_dawid_skene_match_crowdkit(synthetic):
     from crowdkit.aggregation import DawidSkene, MajorityVote

@@ -63,10 +63,17 @@ def _table(frame: pd.DataFrame, index: bool = True, empty: str = "(none)") -> st
     return frame.to_string(index=index) if len(frame) else empty
 
 
+def number(x: float) -> str:
+    """A table's float with 3 decimals, never '-0.000'."""
+    text = f"{x:.3f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def format_audit(data) -> str:
     """The Audit page's numbers as plain text."""
     s = data.summary
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", number,
+                           "display.max_colwidth", 80):
         parts = [
             f"votes {s.n_votes}  pairs {s.n_pairs}  Fleiss' kappa {s.fleiss_kappa:.3f}  "
             f"Krippendorff's alpha {s.krippendorff_alpha:.3f}",
@@ -87,6 +94,7 @@ def format_audit(data) -> str:
         if not s.annotators.empty and s.annotators["flagged"].any():
             flagged = s.annotators.loc[s.annotators["flagged"], "flag_reasons"]
             parts.append("FLAGGED: " + "; ".join(f"{n} ({r})" for n, r in flagged.items()))
+        parts += ["\n== people's skips by reason", _table(s.skip_reasons, False, "(no skips)")]
         if len(data.ranking):
             parts += ["\n== Bradley-Terry ranking of candidates (95% bootstrap CI)", data.ranking.to_string()]
     return "\n".join(parts)
