@@ -2,9 +2,11 @@
 ends, so `dreamdpo annotate` on the same log shows finished runs), one chart per quantity on its
 own axis (loss, gap, the learned model's agreement with people, who decided the steps), and the
 steps waiting on people. Admins may pause, resume or cancel a run (the loop polls its status);
-cancelling asks for a confirmation first. A run whose process stopped without saying so (kill -9, a
-lost machine) reads as 'stalled' (db/liveness.py) and says how to continue it; its waiting pairs can
-still be voted on, and the votes are used when it is resumed."""
+cancelling asks for a confirmation first. Admins also write a run's instructions for annotators and,
+for a run judged by a multimodal LLM, extra questions its judge asks (db.runs.judge_questions).
+A run whose process stopped without saying so (kill -9, a lost machine) reads as 'stalled'
+(db/liveness.py) and says how to continue it; its waiting pairs can still be voted on, and the
+votes are used when it is resumed."""
 from __future__ import annotations
 
 import pandas as pd
@@ -13,6 +15,7 @@ import streamlit as st
 from annotator import instructions
 from annotator.plain import md
 from db import feedback, images, liveness, runs
+from db.errors import LogError
 
 LIVE = ("pending", "running", "stalled", "paused")
 BINS = 20  # the share of steps each source decided is shown over at most this many windows of steps
@@ -86,6 +89,33 @@ def stalled_note(run: dict, now=None) -> str | None:
             "can still be voted on: the votes are used when it resumes.")
 
 
+def asks_an_lmm(run: dict) -> bool:
+    """The run's judge, or the model judge beside people, has a multimodal-LLM member ('lmm:', 'lmm-api')."""
+    policy = run.get("judge_policy") or {}
+    specs = [policy.get("judge"), policy.get("assist_judge")]
+    return any(part.strip().startswith("lmm") for spec in specs if isinstance(spec, str) for part in spec.split("+"))
+
+
+def judge_questions_editor(engine, run: dict) -> None:
+    """An admin's extra questions for the run's LMM judge: plain text, one a line, stored in the log."""
+    rid = run["id"]
+    with st.expander("Questions for the run's LMM judge"):
+        text = st.text_area(
+            f"Asked in both orders after the judge's own questions; one a line, at most {runs.MAX_JUDGE_QUESTIONS}, "
+            f"{runs.MAX_JUDGE_QUESTION_CHARS} characters each (empty = none)",
+            "\n".join(runs.judge_questions(engine, rid)), key=f"judge-questions-{rid}", height=150)
+        if st.button("Save questions", key=f"save-judge-questions-{rid}"):
+            try:
+                saved = runs.set_judge_questions(engine, rid, text)
+            except LogError as e:
+                st.error(str(e))
+            else:
+                every = ((run.get("config") or {}).get("lmm") or {}).get("questions_every", 10)
+                st.success(f"Saved {len(saved)} question{'s' * (len(saved) != 1)}: the judge reads them within "
+                           f"{int(every)} steps (lmm.questions_every) and asks them from then on; "
+                           "each vote keeps the answers.")
+
+
 def resume_command(run: dict) -> str:
     """The command that continues the run: its folder's config.yaml holds every key it was started with."""
     out = (run.get("config") or {}).get("out") or "OUT"
@@ -137,6 +167,8 @@ def show_run(engine, run: dict, waiting: int, admin: bool) -> None:
             if st.button("Save instructions", key=f"save-instructions-{run['id']}"):
                 instructions.save(engine, run["id"], None if text.strip() == instructions.DEFAULT else text)
                 st.success("Saved: annotators see them with this run's next pair.")
+        if asks_an_lmm(run):
+            judge_questions_editor(engine, run)
         controls(engine, run)
     st.divider()
 

@@ -69,6 +69,53 @@ def set_run_config(engine: sa.Engine, run_id: int, key: str, value: object) -> N
         run.config = config
 
 
+# An admin's extra questions for a run's multimodal-LLM judge, kept like the annotators'
+# instructions: one key of the run's config (set_run_config). Plain text, one question a line.
+JUDGE_QUESTIONS_KEY = "judge_questions"
+MAX_JUDGE_QUESTIONS = 10  # each one costs 2 model calls per comparison (both orders) and judged view
+MAX_JUDGE_QUESTION_CHARS = 300
+
+
+def parse_judge_questions(text: str | list[str] | None) -> list[str]:
+    """Text (one question a line; blank lines dropped; spaces and control characters squeezed) or a
+    list → the questions; LogError (one line) for more than MAX_JUDGE_QUESTIONS or a question longer
+    than MAX_JUDGE_QUESTION_CHARS."""
+    questions = _clean_questions(text.splitlines() if isinstance(text, str) else list(text or []))
+    if len(questions) > MAX_JUDGE_QUESTIONS:
+        raise LogError(f"{len(questions)} questions: at most {MAX_JUDGE_QUESTIONS} per run "
+                       "(each one is asked in both orders at every judged step)")
+    long = [i for i, q in enumerate(questions, 1) if len(q) > MAX_JUDGE_QUESTION_CHARS]
+    if long:
+        raise LogError(f"question {long[0]} is {len(questions[long[0] - 1])} characters long; "
+                       f"at most {MAX_JUDGE_QUESTION_CHARS}")
+    return questions
+
+
+def set_judge_questions(engine: sa.Engine, run_id: int, text: str | list[str] | None) -> list[str]:
+    """An admin sets (or, with nothing, clears) the run's extra questions for its multimodal-LLM
+    judge; returns them as stored. LogError for too many or too long ones (nothing is written)."""
+    questions = parse_judge_questions(text)
+    set_run_config(engine, run_id, JUDGE_QUESTIONS_KEY, questions or None)
+    return questions
+
+
+def judge_questions(engine: sa.Engine, run_id: int) -> list[str]:
+    """The run's extra questions for its multimodal-LLM judge ([] when none, or the run is unknown)."""
+    config = (get_run(engine, run_id) or {}).get("config")
+    stored = config.get(JUDGE_QUESTIONS_KEY) if isinstance(config, dict) else None
+    if not isinstance(stored, list):
+        return []
+    # written past set_judge_questions (by hand): the first ones, cut to size
+    return [q[:MAX_JUDGE_QUESTION_CHARS] for q in _clean_questions(stored)][:MAX_JUDGE_QUESTIONS]
+
+
+def _clean_questions(lines: list) -> list[str]:
+    """Strings only; control characters and runs of spaces become one space; empty ones dropped."""
+    cleaned = (" ".join("".join(c if c.isprintable() else " " for c in q).split()) for q in lines
+               if isinstance(q, str))
+    return [q for q in cleaned if q]
+
+
 def _check_status(status: str) -> None:
     if status not in RUN_STATUSES:
         raise LogError(f"run status {status!r} is not one of {', '.join(RUN_STATUSES)}")

@@ -5,7 +5,8 @@ P = sigmoid(10 · difference), so verdicts are checkable. Behaviours the tests s
 mode 'logprobs' (top_logprobs of the one-token answer), 'text' (no logprobs, just the token),
 'no-logprobs-param' (HTTP 400 when logprobs are asked for), 'always-A' (position-biased: always the
 first image), 'refuse-images' (HTTP 400 as text-only models answer); fail_next (HTTP 500 for the next
-n requests); delay_s (each answer waits); hang_next (the next n requests wait hang_s first).
+n requests); delay_s (each answer waits); hang_next (the next n requests wait hang_s first);
+on_request (called with each request's body before it is answered, e.g. to act as an admin mid-run).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class FakeOpenAI:
         self.delay_s = 0.0
         self.hang_next, self.hang_s = 0, 3.0
         self.requests: list[dict] = []  # {"auth", "body"}
+        self.on_request = None
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
         fake = self
@@ -53,6 +55,8 @@ class FakeOpenAI:
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 try:
+                    if fake.on_request is not None:
+                        fake.on_request(body)
                     fake._answer(self, body, hang)
                 finally:
                     with fake._lock:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from db import stats
-from dreamdpo import judges
+from dreamdpo import judges, losses
 from dreamdpo.judges.base import Judge, Judgement
 from dreamdpo.judges.ensemble import BudgetJudge, combine, estimate, member_votes
 from dreamdpo.judges.lmm import ENV_BASE_URL, ENV_KEY, ENV_MODEL, JudgeUnavailable
@@ -25,15 +25,33 @@ def verdict(winner, judge="j", skip=False):
     (["b", "b"], "b", 1.0),
     (["a", "b"], "tie", 0.0),
     (["a", "tie", "b"], "tie", 0.0),
-    (["a", "tie"], "a", 0.5),
+    (["a", "tie"], "tie", 0.0),  # a member's tie is a vote for tie: a draw, as with people's votes
+    (["a", "tie", "tie"], "tie", 0.0),  # most members tie
+    (["a", "a", "tie"], "a", 2 / 3),
     (["b", "skip", "skip"], "b", 1.0),  # a skipping member abstains
 ])
 def test_majority_rule(winners, winner, gap):
     votes = [verdict("tie" if w == "skip" else w, f"j{i}", skip=w == "skip") for i, w in enumerate(winners)]
     v = combine(votes, "ens")
     assert (v.winner, v.gap, v.skip) == (winner, pytest.approx(gap), False)
-    sign = {"a": 1, "b": -1, "tie": 0}[winner]
-    assert v.extra["votes"] == votes and v.scores_a[0] - v.scores_b[0] == pytest.approx(sign * gap)
+    n = len([w for w in winners if w != "skip"])
+    assert v.extra["votes"] == votes
+    assert v.scores_a[0] - v.scores_b[0] == pytest.approx((winners.count("a") - winners.count("b")) / n)
+    if winner == "tie":  # no loser: the step pulls only, whatever τ
+        assert losses.push_fraction(v.winner, v.gap, v.skip, losses.DPOConfig(tau=0.0)) == 0.0
+
+
+def test_the_ensemble_counts_ties_like_the_logs_consensus_rule():
+    """The same winner as db.consensus gives people's votes on a pair (tie votes count, draws tie)."""
+    from itertools import product
+
+    from db.consensus import outcome
+
+    for winners in product(["a", "b", "tie"], repeat=3):
+        v = combine([verdict(w, f"j{i}") for i, w in enumerate(winners)], "ens")
+        counts = {k: winners.count(k) for k in ("a", "b", "tie")} | {"both_bad": 0}
+        assert v.winner == outcome(counts)[0], winners
+        assert v.gap == (0.0 if v.winner == "tie" else outcome(counts)[2])
 
 
 def test_all_members_skipping_skips_the_step():
@@ -166,6 +184,31 @@ def endpoint(monkeypatch):
     server.close()
 
 
+@pytest.mark.parametrize("per_view", [False, True])
+def test_an_lmm_whose_orders_disagree_ties_alone_and_in_an_ensemble_and_pulls_only(endpoint, per_view):
+    """A position-biased LMM (always the first image shown) ties with gap 0; its two orders' votes are
+    kept. Two such members tie; beside a reward judge that prefers a, its tie makes a draw: tie, gap 0."""
+    from dreamdpo.judges.lmm import LMMConfig
+
+    endpoint.mode = "always-A"
+    cfg = LMMConfig(template=False, per_view=per_view, backoff_s=0.01, timeout_s=5.0)
+    red, blue = (torch.cat([x, x]) for x in frames(32))  # two views each
+    pull_only = losses.DPOConfig(tau=0.0)
+    alone = judges.load("lmm-api", "cpu", lmm=cfg).compare(red, blue, "a red cube")
+    assert (alone.winner, alone.gap) == ("tie", 0.0)
+    assert [(o.judge, o.winner) for o in member_votes(alone)] == [("lmm-api:fake-vl[ab]", "a"),
+                                                                  ("lmm-api:fake-vl[ba]", "b")]
+    both = judges.load("lmm-api+lmm-api", "cpu", lmm=cfg).compare(red, blue, "a red cube")
+    assert (both.winner, both.gap, both.skip) == ("tie", 0.0, False)
+    assert [(m.judge, m.winner) for m in both.extra["votes"]] == [("lmm-api:fake-vl", "tie"),
+                                                                 ("lmm-api:fake-vl#2", "tie")]
+    mixed = judges.load("toy-reward+lmm-api", "cpu", lmm=cfg).compare(red, blue, "a red cube")
+    assert [m.winner for m in mixed.extra["votes"]] == ["a", "tie"]
+    assert (mixed.winner, mixed.gap) == ("tie", 0.0)
+    for v in (alone, both, mixed):
+        assert losses.push_fraction(v.winner, v.gap, v.skip, pull_only) == 0.0
+
+
 @pytest.mark.slow
 def test_twenty_step_toy_run_logs_every_members_vote(tmp_path, endpoint, capsys, toy_prior):
     # toy_prior: the session's toy bank, rendered once into the session's data home, which the CLI reads
@@ -203,3 +246,51 @@ def test_twenty_step_toy_run_logs_every_members_vote(tmp_path, endpoint, capsys,
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
     assert KEY not in printed
+
+
+def test_the_budget_and_the_hand_over_are_in_the_judge_state():
+    inner, backup = Counting(), Counting("backup")
+    guard = BudgetJudge(inner, max_calls=5, fallback=backup)
+    red, blue = frames(8)
+    guard.compare(red, blue, "x")
+    state = guard.state_dict()
+    assert state["used"] == 2 and not state["handed_over"]
+    again = BudgetJudge(Counting(), max_calls=5, fallback=Counting("backup"))  # a new process, --resume
+    again.load_state_dict(state)
+    again.compare(red, blue, "x")
+    with pytest.warns(UserWarning, match="reached judge_max_calls=5"):
+        assert again.compare(red, blue, "x").extra["source"] == "fallback:backup"
+    assert again.used == 4 and again.judge.calls == 2
+    BudgetJudge(Counting(), max_calls=5).load_state_dict({})  # a checkpoint from before the guard kept its count
+
+
+@pytest.mark.slow
+def test_a_resumed_run_spends_no_more_than_judge_max_calls_in_total(tmp_path, endpoint, monkeypatch, toy_prior):
+    """`dreamdpo run --judge lmm-api judge_max_calls=10` interrupted after 4 model calls, then --resume:
+    the calls spent before the interruption count (BudgetJudge.state_dict is in the checkpoint), so
+    the run spends 10 in all and the assist judge decides the rest."""
+    import dreamdpo.optimize as optimize
+    from dreamdpo.cli import main
+
+    def judged():  # the pairwise requests (the probe at each start is a yes/no question)
+        return sum("A or B" in " ".join(p.get("text", "") for p in r["body"]["messages"][0]["content"])
+                   for r in endpoint.requests)
+
+    real_step, stop = optimize.train_step, [True]
+
+    def interrupted(cfg, sc, step, run_id):
+        if stop[0] and judged() >= 4:  # a Ctrl-C between two steps, after the last checkpoint
+            stop[0] = False
+            raise KeyboardInterrupt
+        return real_step(cfg, sc, step, run_id)
+
+    monkeypatch.setattr(optimize, "train_step", interrupted)
+    out = tmp_path / "run"
+    argv = ["run", "--prompt", "a red cube", "--judge", "lmm-api", "--steps", "24", "--device", "cpu", "--out",
+            str(out), "--db", str(tmp_path / "log.sqlite"), "--quiet", "test_views=2", "test_resolution=32",
+            "checkpoint_every=1", "judge_max_calls=10", "lmm.template=false", "lmm.backoff_s=0.01"]
+    assert main(argv) == 130 and judged() == 4
+    assert main([*argv, "--resume"]) == 0
+    assert judged() == 10  # without the count in the checkpoint: 4 + 10
+    sources = pd.read_csv(out / "metrics.csv")["source"].astype(str)
+    assert (sources == "fallback:toy-reward").any() and (sources == "lmm-api:fake-vl").sum() == 5

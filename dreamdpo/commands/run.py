@@ -59,6 +59,7 @@ def prepare_run(cfg, db_url: str | None, resume: bool):
     id kept in <out>/log.json names it, and the recorder checks it is this run."""
     import json
 
+    from dreamdpo.judges import read_questions_from
     from dreamdpo.optimize import load_model_judge, load_run_judge, resolve_device
     from dreamdpo.recording import DbRecorder, Recorder
 
@@ -90,4 +91,22 @@ def prepare_run(cfg, db_url: str | None, resume: bool):
         judge = HumanJudge(engine, cfg.human, model_judge=assist, seed=cfg.seed, outage_s=cfg.log_outage_s)
     else:
         judge = load_run_judge(cfg, device)
+    read_questions_from(judge, admin_questions_reader(engine))
     return judge, DbRecorder(engine, run_id=run_id, outage_s=cfg.log_outage_s)
+
+
+def admin_questions_reader(engine):
+    """read(run_id) → the extra questions an admin wrote for the run's LMM judge in the app
+    (db.runs.judge_questions), or None while the log is unreachable (the judge keeps the last ones)."""
+    from db import runs
+    from db.engine import is_transient
+
+    def read(run_id: int) -> list[str] | None:
+        try:
+            return runs.judge_questions(engine, run_id)
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            return None
+
+    return read

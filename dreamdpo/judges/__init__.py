@@ -115,6 +115,23 @@ def load(spec: str, device=None, weights: str | None = None, *, lmm=None, max_ca
     return judge
 
 
+def read_questions_from(judge, read) -> int:
+    """Let every multimodal-LLM judge in `judge` (an ensemble's members, a guarded judge and its
+    fallback, the model judge beside people) ask an admin's questions for the run: read(run_id) →
+    the questions (db.runs.judge_questions), or None when the log cannot be read now. Returns how
+    many LMM judges were found."""
+    from dreamdpo.judges.lmm import LMMJudge
+
+    found, todo = 0, [judge] if judge is not None else []
+    while todo:
+        j = todo.pop()
+        if isinstance(j, LMMJudge):
+            j.read_questions = read
+            found += 1
+        todo.extend(j.parts())
+    return found
+
+
 def _unique_names(members: list[Member]) -> list[str]:
     """Members' log names; a repeated judge gets '#2', '#3' so each vote on a pair stays apart."""
     seen: dict[str, int] = {}

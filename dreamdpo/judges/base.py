@@ -77,6 +77,17 @@ class Judge(ABC):
         """Called once after the last step, before the final checkpoint: a judge that waits on
         people closes what it still has open."""
 
+    def parts(self) -> list[Judge]:
+        """The judges this one is made of (ensemble members, a guarded judge and its fallback, the
+        model judge beside people); none for a plain judge."""
+        return []
+
+    def sync(self, context: JudgeContext | None) -> None:
+        """Before a comparison: read what the judge takes from the log (an LMM judge: an admin's
+        questions). Plain judges pass it on to their parts."""
+        for part in self.parts():
+            part.sync(context)
+
     def state_dict(self) -> dict:
         """What a judge learns during a run (saved in the checkpoint, so --resume continues it)."""
         return {}

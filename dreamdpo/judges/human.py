@@ -125,6 +125,9 @@ class HumanJudge(Judge):
         self._posted: int | None = None  # async: live pairs this run has posted (read from the log once)
         self._prompt = ""
 
+    def parts(self) -> list[Judge]:
+        return [self.model_judge] if self.model_judge is not None else []
+
     def state_dict(self) -> dict:
         return {"learned": None if self.learned is None else self.learned.state_dict(), "agreement": self.agreement}
 

@@ -2,7 +2,12 @@
 
 Why it looks like this (against the reference code's LMM mode, issue 14):
 - questions are built for ANY prompt (a template over the nouns, attributes and counts it names),
-  plus GPTEval3D's six criteria (selectable) and custom per-run questions; never a lookup table;
+  plus GPTEval3D's six criteria (selectable) and custom per-run questions; never a lookup table.
+  Custom questions come from the run's config (lmm.questions, keys 'custom:N') and from an admin,
+  who writes them in the app's Runs page while the run goes (db.runs.judge_questions, keys
+  'admin:N'): the judge reads them from the log at its first judged step and then every
+  lmm.questions_every steps, and asks them from then on, after the others. Each vote's raw answer
+  names the questions asked and holds the text of the custom and admin ones;
 - scores come from the model's probabilities of the answer options ("A"/"B", or "Yes"/"No") at
   the answer position, never from parsing generated text;
 - each pair is asked in both orders (A/B then B/A); when the orders disagree the verdict is a tie
@@ -40,6 +45,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -81,6 +87,7 @@ class LMMConfig:
     template: bool = True  # questions about each noun, attribute and count the prompt names
     criteria: list[str] = field(default_factory=lambda: ["overall"])  # any of CRITERIA
     questions: list[str] = field(default_factory=list)  # custom per-run questions (statements or questions)
+    questions_every: int = 10  # steps between reads of an admin's questions from the log (first judged step: always)
     per_view: bool = False  # judge each view alone (per-view scores) instead of one tiled image
     image_size: int = 448  # images sent are shrunk to this longest side, in pixels (never enlarged)
     timeout_s: float = 60.0  # per request (HTTP back-end)
@@ -96,7 +103,7 @@ class LMMConfig:
             raise UserError(f"unknown lmm criterion '{unknown[0]}'; choose from: {', '.join(CRITERIA)}")
         if not (self.template or self.criteria or self.questions):
             raise UserError("the LMM judge has no question: set lmm.template=true, lmm.criteria or lmm.questions")
-        for key in ("image_size", "concurrency"):
+        for key in ("image_size", "concurrency", "questions_every"):
             if getattr(self, key) < 1:
                 raise UserError(f"lmm.{key} must be ≥ 1, got {getattr(self, key)}")
         if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0:
@@ -108,9 +115,10 @@ class LMMConfig:
 
 @dataclass(frozen=True)
 class Question:
-    key: str  # 'count:cubes', 'attribute:red cubes', 'criterion:overall', 'custom:0', ...
+    key: str  # 'count:cubes', 'attribute:red cubes', 'criterion:overall', 'custom:0', 'admin:0', ...
     pairwise: str  # "Which image ...?"
     yesno: str  # "Does this image ...?"
+    text: str | None = None  # a custom or admin question as written (kept with each answer's vote)
 
 
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
@@ -164,16 +172,18 @@ def prompt_questions(prompt: str) -> list[Question]:
     return out
 
 
-def build_questions(prompt: str, cfg: LMMConfig) -> list[Question]:
-    """The run's questions: template (if on) + selected criteria + custom ones, in that order."""
+def build_questions(prompt: str, cfg: LMMConfig, admin: list[str] | tuple[str, ...] = ()) -> list[Question]:
+    """The run's questions: template (if on) + selected criteria + custom ones (the config's, then an
+    admin's from the log), in that order."""
     qs = prompt_questions(prompt) if cfg.template else []
     for c in cfg.criteria:
         pair, yes = CRITERIA[c]
         qs.append(Question(f"criterion:{c}", pair.format(prompt=prompt), yes.format(prompt=prompt)))
-    for i, q in enumerate(cfg.questions):
-        q = q.strip().rstrip("?.")
-        qs.append(Question(f"custom:{i}", f"Which image better satisfies this: {q}?",
-                           f"Is this true of this image: {q}?"))
+    for kind, texts in (("custom", cfg.questions), ("admin", admin)):
+        for i, text in enumerate(texts):
+            q = text.strip().rstrip("?.")
+            qs.append(Question(f"{kind}:{i}", f"Which image better satisfies this: {q}?",
+                               f"Is this true of this image: {q}?", text=text))
     if not qs:  # template only, and the prompt named nothing it can ask about
         pair, yes = CRITERIA["overall"]
         qs.append(Question("criterion:overall", pair.format(prompt=prompt), yes.format(prompt=prompt)))
@@ -482,7 +492,12 @@ class LMMJudge(Judge):
     def __init__(self, backend, config: LMMConfig | None = None, name: str = "lmm"):
         self.backend, self.cfg, self.name = backend, config or LMMConfig(), name
         self.cfg.check()
-        self._questions: tuple[str, list[Question]] | None = None
+        self._questions: tuple[str, tuple[str, ...], list[Question]] | None = None
+        # an admin's questions: read_questions(run_id) → list, or None when the log cannot be read now
+        # (set by judges.read_questions_from; no log, no admin questions)
+        self.read_questions: Callable[[int], list[str] | None] | None = None
+        self.admin_questions: tuple[str, ...] = ()
+        self._read_at: tuple[int, int] | None = None  # (run, step) of the last read
 
     @classmethod
     def local(cls, source: str, device=None, config: LMMConfig | None = None, name: str | None = None):
@@ -511,9 +526,24 @@ class LMMJudge(Judge):
             raise UserError(str(e)) from None
 
     def questions(self, prompt: str) -> list[Question]:
-        if self._questions is None or self._questions[0] != prompt:
-            self._questions = (prompt, build_questions(prompt, self.cfg))
-        return self._questions[1]
+        if self._questions is None or self._questions[:2] != (prompt, self.admin_questions):
+            self._questions = (prompt, self.admin_questions, build_questions(prompt, self.cfg, self.admin_questions))
+        return self._questions[2]
+
+    def sync(self, context: JudgeContext | None) -> None:
+        """Read the admin's questions from the log at the first judged step of a run, then once every
+        lmm.questions_every steps (camera groups of one step share one read). A log that cannot be
+        read now keeps the questions last read; the next step tries again."""
+        if self.read_questions is None or context is None or context.run_id is None:
+            return
+        last = self._read_at
+        if last is not None and last[0] == context.run_id and 0 <= context.step - last[1] < self.cfg.questions_every:
+            return
+        questions = self.read_questions(context.run_id)
+        if questions is None:
+            return
+        self._read_at = (context.run_id, context.step)
+        self.admin_questions = tuple(questions)
 
     def units(self, images: Tensor) -> list[Image.Image]:
         views = [images[i:i + 1] for i in range(images.shape[0])] if self.cfg.per_view else [images]
@@ -540,6 +570,7 @@ class LMMJudge(Judge):
 
     def compare(self, images_a: Tensor, images_b: Tensor, prompt: str,
                 context: JudgeContext | None = None) -> Judgement:
+        self.sync(context)
         qs = self.questions(prompt)
         ua, ub = self.units(images_a), self.units(images_b)
         if self.cfg.mode == "yesno":
@@ -566,7 +597,7 @@ class LMMJudge(Judge):
         votes = [_order_vote(self.name, o, per_order[o]) for o in ("ab", "ba")]
         agree = votes[0].winner == votes[1].winner and votes[0].winner != "tie"
         mean_a = float(np.mean(scores_a))
-        raw = json.dumps({"mode": "pairwise", "questions": [q.key for q in qs], "orders_agree": agree,
+        raw = json.dumps({"mode": "pairwise", "questions": [q.key for q in qs], **_texts(qs), "orders_agree": agree,
                           "answers": log}, separators=(",", ":"))
         return Judgement(winner=votes[0].winner if agree else "tie", gap=abs(2 * mean_a - 1) if agree else 0.0,
                          judge=self.name, scores_a=scores_a, scores_b=scores_b, raw=raw,
@@ -589,10 +620,17 @@ class LMMJudge(Judge):
         scores_a = [float(np.mean(p[(u, "a")])) for u in range(n)]
         scores_b = [float(np.mean(p[(u, "b")])) for u in range(n)]
         sa, sb = float(np.mean(scores_a)), float(np.mean(scores_b))
-        raw = json.dumps({"mode": "yesno", "questions": [q.key for q in qs], "answers": log}, separators=(",", ":"))
+        raw = json.dumps({"mode": "yesno", "questions": [q.key for q in qs], **_texts(qs), "answers": log},
+                         separators=(",", ":"))
         winner = "a" if sa > sb else "b" if sb > sa else "tie"
         return Judgement(winner=winner, gap=abs(sa - sb), judge=self.name, scores_a=scores_a, scores_b=scores_b,
                          raw=raw)
+
+
+def _texts(qs: list[Question]) -> dict:
+    """{"texts": {key: text}} for the custom and admin questions asked ({} when none was)."""
+    texts = {q.key: q.text for q in qs if q.text is not None}
+    return {"texts": texts} if texts else {}
 
 
 def _order_vote(name: str, order: str, p_a: list[float]) -> Judgement:
