@@ -42,9 +42,10 @@ def load_votes(engine, filters: AuditFilters, everything: pd.DataFrame | None = 
 
 
 # config keys that say where or how a run was carried out, not what it optimizes: never part of a name
-_NOT_NAMING = ("out", "device", "instructions", "checkpoint_every", "log_outage_s", "preview_every", "test_views",
-               "test_resolution", "export_mesh", "mesh_resolution", "export", "judge_weights", "judge_max_calls",
-               "prompt", "negative_prompt")
+# (an admin's instructions for people and questions for the LMM judge are edited while the run goes)
+_NOT_NAMING = ("out", "device", "instructions", "judge_questions", "checkpoint_every", "log_outage_s", "preview_every",
+               "test_views", "test_resolution", "export_mesh", "mesh_resolution", "export", "judge_weights",
+               "judge_max_calls", "prompt", "negative_prompt")
 _ALWAYS = (("dpo.tau", "τ"), ("seed", "seed"))  # (config key, as named) shown for every run that sets it
 MAX_KEYS = 3        # other config keys (those whose values differ between the runs shown) in a name
 PROMPT_CHARS = 40   # a prompt is cut to this many characters in a name

@@ -208,3 +208,12 @@ def test_a_run_asks_the_question_an_admin_wrote_while_it_ran(tmp_path, endpoint,
         assert raw["questions"] == ["criterion:overall", "admin:0"] and raw["texts"] == {"admin:0": GLOSSY}
         assert sorted(a["order"] for a in raw["answers"] if a["q"] == "admin:0") == ["ab", "ba"]
     assert sum(GLOSSY.rstrip("?") in asked(r) for r in endpoint.requests) == 2 * (len(raws) - 1)
+
+
+def test_an_admins_questions_never_name_a_run():
+    """Like the instructions, they are edited while a run goes: the Audit tables' run names leave them out."""
+    from db.audit import run_names
+
+    names = run_names([{"id": 1, "prompt": "a red cube", "config": {"seed": 0, "judge_questions": [GLOSSY]}},
+                       {"id": 2, "prompt": "a red cube", "config": {"seed": 0}}])
+    assert names == {1: "run 1 (seed 0)", 2: "run 2 (seed 0)"}
