@@ -97,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    previous = previous_int = None
+    if _main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        # Ctrl-C or `kill -INT` stops every command, even one started by a shell that ignores SIGINT for its
+        # background jobs (Python then leaves SIGINT ignored: `dreamdpo annotate &` could not be stopped by it)
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return int(args.handler(args) or 0)
     except UserError as e:
@@ -116,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def _main_thread() -> bool:

@@ -79,9 +79,12 @@ def children(pid: int) -> list[int]:
 
 
 def start(args: list[str], tmp_path: Path, env: dict | None = None) -> subprocess.Popen:
+    """dreamdpo as a shell starts a background job (`dreamdpo annotate &`): with SIGINT ignored, which
+    Python keeps unless the program installs its own handler."""
     log = open(tmp_path / f"dreamdpo-{len(list(tmp_path.glob('dreamdpo-*')))}.log", "wb")  # noqa: SIM115 (the child writes it)
     return subprocess.Popen([sys.executable, "-m", "dreamdpo.cli", *args], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # noqa: PLW1509
 
 
 def start_annotate(tmp_path: Path, port: int) -> tuple[subprocess.Popen, int]:
