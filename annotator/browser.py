@@ -34,17 +34,23 @@ def launch(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
 
 
-def until(condition, what: str, timeout: float = UNTIL_S):
-    """Poll `condition` until it returns something truthy, and return that; an AssertionError naming
-    `what` after a generous time-out (only a hang reaches it, a loaded machine does not)."""
+def until(condition, what: str, timeout: float = UNTIL_S, done=bool):
+    """Poll `condition` until `done` holds for what it returns (by default: something truthy), and return
+    that; an AssertionError naming `what` after a generous time-out (only a hang reaches it, a loaded
+    machine does not)."""
     end = time.monotonic() + timeout
     while True:
         value = condition()
-        if value:
+        if done(value):
             return value
         if time.monotonic() > end:
             raise AssertionError(f"{what} within {timeout:.0f} s")
         time.sleep(0.05)
+
+
+def until_set(condition, what: str = "a value", timeout: float = 600.0):
+    """until(), for a condition whose answer may be falsy but set (a step 0): its first value that is not None."""
+    return until(condition, what, timeout, done=lambda v: v is not None)
 
 
 def sign_in(browser, base: str, token: str, timeout_ms: int = TIMEOUT_MS, viewport: dict | None = None,

@@ -15,13 +15,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 
 import pytest
 import sqlalchemy as sa
 import torch
 
+from annotator.browser import until_set
 from annotator.simulated import annotate
 from db import accounts
 from db import engine as db_engine
@@ -38,16 +38,6 @@ TINY = ["test_views=1", "test_resolution=32", "mesh_resolution=16", "schedule.re
 RUN_ARGS = ["--prompt", "a cube", "--judge", "human", "--steps", str(STEPS), "--quiet", f"checkpoint_every={EVERY}",
             "human.timeout_s=600", "human.every_k=2", *TINY]
 
-
-def wait_for(what, timeout=600.0, poll=0.1):
-    """what()'s first value that is not None (a step may be 0)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = what()
-        if value is not None:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s")
 
 
 def waiting_step(engine, run_id: int) -> int | None:
@@ -78,17 +68,17 @@ def test_kill_9_a_vote_while_down_and_resume_use_every_decision_once(toy_prior, 
 
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        run_id = wait_for(lambda: (out / "log.json").exists() and json.loads((out / "log.json").read_text())["run_id"]
+        run_id = until_set(lambda: (out / "log.json").exists() and json.loads((out / "log.json").read_text())["run_id"]
                           or (None if first.poll() is None else -1))
         assert run_id > 0, first.stderr.read().decode()[-2000:]
         # people answer each pair as it comes, until the run waits at a step after its last checkpoint
         while True:
-            step = wait_for(lambda: waiting_step(engine, run_id) if first.poll() is None else -1)
+            step = until_set(lambda: waiting_step(engine, run_id) if first.poll() is None else -1)
             assert step >= 0, f"the run ended before the scenario: {first.stderr.read().decode()[-2000:]}"
             if step > EVERY and step % EVERY:
                 break
             assert annotate(engine, who, taste, run_id=run_id, think_s=0.0, max_votes=1)["votes"] == 1
-            wait_for(lambda s=step: None if waiting_step(engine, run_id) == s else True)  # the vote landed
+            until_set(lambda s=step: None if waiting_step(engine, run_id) == s else True)  # the vote landed
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()

@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
+from annotator.browser import until_set
 from annotator.guard import UNREACHABLE
 from annotator.simulated import annotate
 from db import accounts, pairs, queue, runs, votes
@@ -353,16 +354,6 @@ def test_in_a_browser_the_page_comes_back_by_itself_after_an_outage(pg, browser)
 
 
 # ----------------------------------------------------------------------------- a real run through a stop and start
-def _wait(what, timeout=600.0, poll=0.1):
-    """what()'s first value that is not None."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = what()
-        if value is not None:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s")
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("judge", ["human", "toy-reward"])
@@ -387,14 +378,14 @@ def test_a_run_carries_on_through_a_postgresql_stop_and_start(pg, toy_prior, tmp
     voter, stop, taste = None, threading.Event(), Taste(colour="green")
     try:
         alive = lambda: None if proc.poll() is None else -1  # noqa: E731
-        run_id = _wait(lambda: json.loads((out / "log.json").read_text())["run_id"] if (out / "log.json").exists()
+        run_id = until_set(lambda: json.loads((out / "log.json").read_text())["run_id"] if (out / "log.json").exists()
                        else alive())
         assert run_id > 0, (tmp_path / "stderr.txt").read_text()[-2000:]
         if judge == "human":
             for _ in range(2):
                 assert annotate(engine, who, taste, run_id=run_id, think_s=0.0, max_votes=1)["votes"] == 1
         else:
-            _wait(lambda: (runs.get_run(engine, run_id) or {}).get("step") if alive() is None else -1)
+            until_set(lambda: (runs.get_run(engine, run_id) or {}).get("step") if alive() is None else -1)
         pg_stop(pg)
         try:
             time.sleep(5)  # the outage
