@@ -119,3 +119,18 @@ class FakeOpenAI:
             choice["logprobs"] = None
         self._send(handler, 200, {"id": "x", "object": "chat.completion", "model": body.get("model"),
                                   "choices": [choice]})
+
+
+def serve_as_endpoint(monkeypatch, key: str, model: str = "fake-vl"):
+    """A FakeOpenAI as the LMM judge's endpoint (its URL, model and key in the environment), for a fixture
+    to `yield from`; closed afterwards."""
+    from dreamdpo.judges.lmm import ENV_BASE_URL, ENV_KEY, ENV_MODEL
+
+    server = FakeOpenAI()
+    monkeypatch.setenv(ENV_BASE_URL, server.url)
+    monkeypatch.setenv(ENV_MODEL, model)
+    monkeypatch.setenv(ENV_KEY, key)
+    try:
+        yield server
+    finally:
+        server.close()

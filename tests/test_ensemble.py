@@ -10,8 +10,8 @@ from db import stats
 from dreamdpo import judges, losses
 from dreamdpo.judges.base import Judge, Judgement
 from dreamdpo.judges.ensemble import BudgetJudge, combine, estimate, member_votes
-from dreamdpo.judges.lmm import ENV_BASE_URL, ENV_KEY, ENV_MODEL, JudgeUnavailable
-from fake_openai import FakeOpenAI
+from dreamdpo.judges.lmm import JudgeUnavailable
+from fake_openai import serve_as_endpoint
 
 KEY = "sk-ensemble-test-4be1d0-secret"
 
@@ -176,12 +176,7 @@ def test_agreement_between_judges():
 
 @pytest.fixture
 def endpoint(monkeypatch):
-    server = FakeOpenAI()
-    monkeypatch.setenv(ENV_BASE_URL, server.url)
-    monkeypatch.setenv(ENV_MODEL, "fake-vl")
-    monkeypatch.setenv(ENV_KEY, KEY)
-    yield server
-    server.close()
+    yield from serve_as_endpoint(monkeypatch, KEY)
 
 
 @pytest.mark.parametrize("per_view", [False, True])

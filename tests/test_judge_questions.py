@@ -13,8 +13,8 @@ from streamlit.testing.v1 import AppTest
 from db import runs
 from db.errors import LogError
 from dreamdpo.judges.base import JudgeContext
-from dreamdpo.judges.lmm import ENV_BASE_URL, ENV_KEY, ENV_MODEL, LMMConfig, LMMJudge
-from fake_openai import FakeOpenAI
+from dreamdpo.judges.lmm import LMMConfig, LMMJudge
+from fake_openai import serve_as_endpoint
 
 KEY = "sk-questions-test-51c2e7"
 RED = torch.zeros(1, 3, 32, 32)
@@ -41,12 +41,7 @@ def asked(request: dict) -> str:
 
 @pytest.fixture
 def endpoint(monkeypatch):
-    server = FakeOpenAI()
-    monkeypatch.setenv(ENV_BASE_URL, server.url)
-    monkeypatch.setenv(ENV_MODEL, "fake-vl")
-    monkeypatch.setenv(ENV_KEY, KEY)
-    yield server
-    server.close()
+    yield from serve_as_endpoint(monkeypatch, KEY)
 
 
 # ---------------------------------------------------------------- the log
