@@ -11,7 +11,9 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-RUN_STATUSES = ("pending", "running", "paused", "cancelled", "finished", "failed")
+# queued: submitted (`dreamdpo submit`), waiting for a worker to claim it (db/run_queue.py)
+RUN_STATUSES = ("queued", "pending", "running", "paused", "cancelled", "finished", "failed")
+CRITERION_CHOICES = ("a", "b", "tie")
 PAIR_STATUSES = ("pending", "decided", "expired", "cancelled", "indistinct")
 PAIR_KINDS = ("live", "audit", "gold", "duplicate", "arena")
 CHOICES = ("a", "b", "tie", "both_bad", "skip")
@@ -83,10 +85,33 @@ class Run(Base):
     # what --resume checks: sha256 of (prompt, config without run-local keys, out dir)
     fingerprint: Mapped[str | None] = mapped_column(sa.String(64))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the optimizer's last sign of life
+    # the queue (issue "Beyond one machine"): higher priority is claimed first; `worker` names the worker
+    # process holding the run (None while queued); `attempts` counts claims (a dead worker's run is
+    # claimed again); `storage` is the fsspec URL of the run's folder (checkpoints and outputs)
+    priority: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    worker: Mapped[str | None] = mapped_column(sa.String(200))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    storage: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     __table_args__ = (sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in RUN_STATUSES)})",
-                                         name="ck_runs_status"),)
+                                         name="ck_runs_status"),
+                      sa.Index("ix_runs_status_priority", "status", "priority", "id"))
+
+
+class Worker(Base):
+    """A `dreamdpo worker` process (one per GPU): its heartbeat says it is alive; a run it holds whose
+    worker has not beaten for the dead-after interval goes back to the queue."""
+
+    __tablename__ = "workers"
+    name: Mapped[str] = mapped_column(sa.String(200), primary_key=True)  # host:pid:device, unique
+    host: Mapped[str] = mapped_column(sa.String(200), default="")
+    device: Mapped[str] = mapped_column(sa.String(40), default="cpu")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("runs.id"))  # the run it holds now
 
 
 class Image(Base):
@@ -101,6 +126,8 @@ class Pair(Base):
     __tablename__ = "pairs"
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id"), index=True)
+    # an arena pair compares two finished runs: image_a is run_id's, image_b is run_b_id's
+    run_b_id: Mapped[int | None] = mapped_column(sa.ForeignKey("runs.id"))
     step: Mapped[int] = mapped_column(sa.Integer)
     view: Mapped[int] = mapped_column(sa.Integer, default=-1)
     t: Mapped[int | None] = mapped_column(sa.Integer)
@@ -156,6 +183,18 @@ class Vote(Base):
                  postgresql_where=sa.text("annotator_id IS NOT NULL AND NOT retracted")),
         sa.Index("ix_votes_annotator", "annotator_id", "pair_id"),
     )
+
+
+class VoteCriterion(Base):
+    """An optional per-criterion verdict given with a vote (an arena vote's GPTEval3D-like criteria:
+    the keys of dreamdpo.judges.lmm.CRITERIA). In the pair's a/b terms, like the vote itself."""
+
+    __tablename__ = "vote_criteria"
+    vote_id: Mapped[int] = mapped_column(sa.ForeignKey("votes.id"), primary_key=True)
+    criterion: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    choice: Mapped[str] = mapped_column(sa.String(10))
+    __table_args__ = (sa.CheckConstraint(f"choice IN ({', '.join(repr(c) for c in CRITERION_CHOICES)})",
+                                         name="ck_vote_criteria_choice"),)
 
 
 class Claim(Base):
