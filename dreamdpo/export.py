@@ -39,9 +39,22 @@ def render_turntable(renderer, n_frames: int = 40, resolution: int = 128, elevat
     return frames
 
 
+def turntable_picks(count: int, n: int = 8) -> np.ndarray:
+    """Indices of n frames evenly picked from a turntable of `count` frames (the contact sheet's and
+    the arena's views)."""
+    return np.linspace(0, count - 1, min(n, count)).round().astype(int)
+
+
+def turntable_views(frames: list[np.ndarray], n: int = 8) -> np.ndarray:
+    """The contact sheet's frames as one strip of square views side by side: the log's candidate
+    layout (dreamdpo.images.views_png), so an arena pair shows both runs' views in the same grid and
+    zooms them view by view (db/arena.py)."""
+    return np.concatenate([frames[i] for i in turntable_picks(len(frames), n)], axis=1)
+
+
 def contact_sheet(frames: list[np.ndarray], n: int = 8, columns: int = 4) -> np.ndarray:
     """n frames evenly picked from the turntable, in a grid `columns` wide (white padding)."""
-    pick = np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int)
+    pick = turntable_picks(len(frames), n)
     cols = min(columns, len(pick))
     rows = -(-len(pick) // cols)
     h, w, _ = frames[0].shape

@@ -25,7 +25,7 @@ from dreamdpo.cameras import Cameras, orbit_cameras, random_cameras
 from dreamdpo.config import RunConfig
 from dreamdpo.errors import UserError
 from dreamdpo.field import EnvMapBackground, NeRFField, SolidBackground
-from dreamdpo.images import pixel_distance
+from dreamdpo.images import pixel_distance, png_bytes
 from dreamdpo.judges.base import Judge, JudgeContext, Judgement
 from dreamdpo.priors.base import DiffusionPrior
 from dreamdpo.recording import Recorder
@@ -495,6 +495,7 @@ def export_outputs(cfg: RunConfig, renderer: Renderer, nerf: NeRFField, out_dir:
     sheet = outputs.get("contact_sheet")
     if sheet:
         outputs["contact_sheet_png"] = Path(sheet).read_bytes()
+        outputs["turntable_views_png"] = png_bytes(export.turntable_views(frames))  # arena pairs show these
     if cfg.export_mesh:
         try:
             mesh = export.extract_mesh(nerf, resolution=cfg.mesh_resolution, threshold=cfg.export.mesh_threshold)

@@ -192,6 +192,8 @@ class DbRecorder(Recorder):
 
         if outputs and outputs.get("contact_sheet_png"):
             self._extra["turntable"] = images.save_image(self.engine, outputs["contact_sheet_png"])
+        if outputs and outputs.get("turntable_views_png"):  # the views an arena pair shows (db/arena.py)
+            self._extra["turntable_views"] = images.save_image(self.engine, outputs["turntable_views_png"])
         if outputs:
             self._extra["outputs"] = {k: v for k, v in outputs.items() if isinstance(v, str)}
         runs.set_run_status(self.engine, self.run_id, status,

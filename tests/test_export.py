@@ -20,6 +20,7 @@ from dreamdpo.export import (
     render_turntable,
     save_mesh,
     save_turntable,
+    turntable_views,
 )
 from dreamdpo.field import EnvMapBackground, FieldConfig, NeRFField
 from dreamdpo.render import RenderConfig, Renderer
@@ -85,6 +86,13 @@ def test_contact_sheet_picks_evenly_and_pads_white():
     assert sheet.shape == (4, 12, 3)
     firsts = [int(sheet[r * 2, c * 3, 0]) for r in range(2) for c in range(4)]
     assert firsts == [0, 2, 4, 5, 7, 9, 255, 255]
+
+
+def test_turntable_views_are_the_contact_sheets_frames_in_a_strip():
+    frames = [np.full((2, 2, 3), i, dtype=np.uint8) for i in range(10)]
+    strip = turntable_views(frames, n=6)
+    assert strip.shape == (2, 12, 3)  # square views side by side: the log's candidate layout
+    assert [int(strip[0, 2 * k, 0]) for k in range(6)] == [0, 2, 4, 5, 7, 9]  # the contact sheet's picks
 
 
 def test_mesh_of_the_blob_is_a_closed_outward_sphere(mesh):

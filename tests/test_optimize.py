@@ -1,10 +1,12 @@
 """The loop end to end on tiny random-weight diffusers models, loaded through the users' loader."""
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
 import torch
+from PIL import Image
 
 from dreamdpo.cli import main as cli
 from dreamdpo.config import load_config
@@ -171,6 +173,8 @@ def test_every_judged_pair_is_logged_in_the_preference_log(tiny_sd, tmp_path):
     assert run["status"] == "finished" and run["step"] == 4 and run["prompt"] == "a red cube"
     assert [h["step"] for h in run["metrics"]["history"]] == list(range(5))
     assert images.get_image(engine, run["metrics"]["turntable"]) is not None
+    strip = Image.open(io.BytesIO(images.get_image(engine, run["metrics"]["turntable_views"])))
+    assert strip.width == min(8, cfg.test_views) * strip.height  # square views side by side (arena pairs)
     votes, pairs = votes_frame(engine, run_id=rec.run_id), pairs_frame(engine, run_id=rec.run_id)
     assert sorted(pairs["step"]) == list(range(5)) and (pairs["winner"].notna()).all()
     assert (votes["judge"] == "brightness").all() and votes["annotator"].isna().all()
