@@ -187,7 +187,7 @@ class Vote(Base):
 
 class VoteCriterion(Base):
     """An optional per-criterion verdict given with a vote (an arena vote's GPTEval3D-like criteria:
-    the keys of dreamdpo.judges.lmm.CRITERIA). In the pair's a/b terms, like the vote itself."""
+    db/criteria.py). In the pair's a/b terms, like the vote itself."""
 
     __tablename__ = "vote_criteria"
     vote_id: Mapped[int] = mapped_column(sa.ForeignKey("votes.id"), primary_key=True)

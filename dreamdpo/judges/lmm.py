@@ -54,6 +54,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from db.criteria import CRITERION_NAMES
 from dreamdpo.errors import UserError
 from dreamdpo.images import to_uint8
 from dreamdpo.judges.base import Judge, JudgeContext, Judgement
@@ -61,8 +62,9 @@ from dreamdpo.judges.base import Judge, JudgeContext, Judgement
 ENV_BASE_URL, ENV_MODEL, ENV_KEY = "DREAMDPO_LMM_BASE_URL", "DREAMDPO_LMM_MODEL", "DREAMDPO_LMM_API_KEY"
 MODES = ("pairwise", "yesno")
 
-# GPTEval3D's six criteria: (pairwise question, yes/no question); {prompt} is filled in.
-CRITERIA: dict[str, tuple[str, str]] = {
+# GPTEval3D's six criteria: (pairwise question, yes/no question); {prompt} is filled in. The names
+# are db/criteria.py's (people answer the same criteria beside an arena vote).
+_QUESTIONS: dict[str, tuple[str, str]] = {
     "text_asset_alignment": ("Which object matches the description \"{prompt}\" better?",
                              "Does this object match the description \"{prompt}\"?"),
     "plausibility": ("Which object is more plausible as a real 3D object (no floating parts, no extra faces, "
@@ -77,6 +79,7 @@ CRITERIA: dict[str, tuple[str, str]] = {
     "overall": ("Which object is better overall for the description \"{prompt}\"?",
                 "Is this a good 3D object for the description \"{prompt}\"?"),
 }
+CRITERIA: dict[str, tuple[str, str]] = {name: _QUESTIONS[name] for name in CRITERION_NAMES}
 
 
 @dataclass
