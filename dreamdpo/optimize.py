@@ -376,6 +376,7 @@ def _optimize(cfg: RunConfig, prior: DiffusionPrior, judge: Judge | None, record
                 judge.end_of_run(recorder.run_id)  # before the final checkpoint, which holds what it learned
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 save_checkpoint(ckpt_path, step + 1, renderer, optimizer, cfg, judge)
+                recorder.checkpoint_saved(ckpt_path)
         else:
             step = cfg.steps
     except KeyboardInterrupt:  # Ctrl-C: the last checkpoint stays; `--resume` continues

@@ -37,6 +37,9 @@ class Recorder:
         """'running', 'paused' or 'cancelled' (an admin may pause or cancel a run from the app)."""
         return "running"
 
+    def checkpoint_saved(self, path) -> None:
+        """The run's checkpoint was just written to path (a queued run copies it to its storage URL)."""
+
     def finish(self, status: str, outputs: dict | None = None) -> None:
         pass
 
@@ -97,8 +100,15 @@ class DbRecorder(Recorder):
                                 "run was started with (--db, --prompt), or start a new run with another --out")
             self._history = list((run.get("metrics") or {}).get("history", []))
             self._extra = {k: v for k, v in (run.get("metrics") or {}).items() if k != "history"}
-        runs.set_run_status(self.engine, self.run_id, "running", heartbeat=True)
+        self._set_status("running", heartbeat=True)
         self._last_beat = time.monotonic()
+
+    def _set_status(self, status: str | None, **kw) -> None:
+        """Every write of the run's row (status, step, metrics, heartbeat): db.runs.set_run_status. A
+        queued run's worker writes only while it holds the run (dreamdpo/worker.py)."""
+        from db import runs
+
+        runs.set_run_status(self.engine, self.run_id, status, **kw)
 
     def record(self, judgement, images_a, images_b, context):
         return self._retry(lambda: self._record(judgement, images_a, images_b, context))
@@ -157,7 +167,7 @@ class DbRecorder(Recorder):
         return self._retry(lambda: self._progress(step, metrics, preview))
 
     def _progress(self, step, metrics, preview=None):
-        from db import images, runs
+        from db import images
 
         if not self._history or self._history[-1]["step"] != step:  # a retried call adds no second point
             self._history.append({"step": step, **metrics})
@@ -166,8 +176,8 @@ class DbRecorder(Recorder):
         if preview is not None:
             self._extra["preview"] = images.save_image(self.engine, views_png(preview))
             self._extra.setdefault("first_preview", self._extra["preview"])  # what the run started from
-        runs.set_run_status(self.engine, self.run_id, None, step=step,  # the step is the heartbeat
-                             metrics={"history": self._history, **self._extra}, heartbeat=True)
+        self._set_status(None, step=step, metrics={"history": self._history, **self._extra},
+                         heartbeat=True)  # the step is the heartbeat
         self._last_beat = time.monotonic()
 
     def control(self):
@@ -188,7 +198,7 @@ class DbRecorder(Recorder):
         return self._retry(lambda: self._finish(status, outputs))
 
     def _finish(self, status, outputs=None):
-        from db import images, runs
+        from db import images
 
         if outputs and outputs.get("contact_sheet_png"):
             self._extra["turntable"] = images.save_image(self.engine, outputs["contact_sheet_png"])
@@ -196,5 +206,4 @@ class DbRecorder(Recorder):
             self._extra["turntable_views"] = images.save_image(self.engine, outputs["turntable_views_png"])
         if outputs:
             self._extra["outputs"] = {k: v for k, v in outputs.items() if isinstance(v, str)}
-        runs.set_run_status(self.engine, self.run_id, status,
-                             metrics={"history": self._history, **self._extra})
+        self._set_status(status, metrics={"history": self._history, **self._extra})
