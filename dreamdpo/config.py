@@ -241,6 +241,15 @@ def load_config(
     return cfg
 
 
+def from_dict(data: dict) -> RunConfig:
+    """A full config stored as plain data (RunConfig.to_dict: a queued run's row), validated again."""
+    if not isinstance(data, dict):
+        raise UserError("a run's stored config must be a mapping of keys")
+    cfg = _from_dict(RunConfig, data)
+    validate(cfg)
+    return cfg
+
+
 def validate(cfg: RunConfig) -> None:
     if not cfg.prompt.strip():
         raise UserError("the prompt is empty; pass --prompt \"a red cube\" (or any description)")

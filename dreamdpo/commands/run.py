@@ -59,8 +59,7 @@ def prepare_run(cfg, db_url: str | None, resume: bool):
     id kept in <out>/log.json names it, and the recorder checks it is this run."""
     import json
 
-    from dreamdpo.judges import read_questions_from
-    from dreamdpo.optimize import load_model_judge, load_run_judge, resolve_device
+    from dreamdpo.optimize import load_run_judge, resolve_device
     from dreamdpo.recording import DbRecorder, Recorder
 
     device = resolve_device(cfg.device)
@@ -84,6 +83,15 @@ def prepare_run(cfg, db_url: str | None, resume: bool):
 
             raise UserError(f"{link} is damaged; it should hold the run's id in the log, e.g. "
                             '{"run_id": 3}') from None
+    return logged_run_judge(cfg, engine, device), DbRecorder(engine, run_id=run_id, outage_s=cfg.log_outage_s)
+
+
+def logged_run_judge(cfg, engine, device):
+    """The judge of a run that writes to the log: people (with the assist model) or the model judge,
+    reading an admin's extra questions from the log (`dreamdpo run` and `dreamdpo worker`)."""
+    from dreamdpo.judges import read_questions_from
+    from dreamdpo.optimize import load_model_judge, load_run_judge
+
     if cfg.judge == "human":
         from dreamdpo.judges.human import HumanJudge
 
@@ -92,7 +100,7 @@ def prepare_run(cfg, db_url: str | None, resume: bool):
     else:
         judge = load_run_judge(cfg, device)
     read_questions_from(judge, admin_questions_reader(engine))
-    return judge, DbRecorder(engine, run_id=run_id, outage_s=cfg.log_outage_s)
+    return judge
 
 
 def admin_questions_reader(engine):
