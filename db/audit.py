@@ -43,7 +43,7 @@ def load_votes(engine, filters: AuditFilters, everything: pd.DataFrame | None = 
 
 # config keys that say where or how a run was carried out, not what it optimizes: never part of a name
 # (an admin's instructions for people and questions for the LMM judge are edited while the run goes)
-_NOT_NAMING = ("out", "device", "instructions", "judge_questions", "checkpoint_every", "log_outage_s", "preview_every",
+NOT_NAMING = ("out", "device", "instructions", "judge_questions", "checkpoint_every", "log_outage_s", "preview_every",
                "test_views", "test_resolution", "export_mesh", "mesh_resolution", "export", "judge_weights",
                "judge_max_calls", "prompt", "negative_prompt")
 _ALWAYS = (("dpo.tau", "τ"), ("seed", "seed"))  # (config key, as named) shown for every run that sets it
@@ -51,7 +51,7 @@ MAX_KEYS = 3        # other config keys (those whose values differ between the r
 PROMPT_CHARS = 40   # a prompt is cut to this many characters in a name
 
 
-def _flat(config, prefix: str = "") -> dict:
+def flat_config(config, prefix: str = "") -> dict:
     """{"dpo": {"tau": 0.05}} → {"dpo.tau": 0.05}."""
     if not isinstance(config, dict):
         return {}
@@ -59,17 +59,17 @@ def _flat(config, prefix: str = "") -> dict:
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flat(value, f"{name}."))
+            out.update(flat_config(value, f"{name}."))
         else:
             out[name] = value
     return out
 
 
-def _value(v) -> str:
+def value_text(v) -> str:
     if isinstance(v, float):
         return f"{v:g}"
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
+        return "[" + ", ".join(value_text(x) for x in v) + "]"
     return str(v)
 
 
@@ -83,20 +83,20 @@ def run_names(runs: list[dict]) -> dict[int, str]:
     its prompt when the runs named differ in prompt; τ and seed where the config sets them; and up to
     MAX_KEYS more config keys whose values differ between the runs that have a config, as key=value
     (keys that only say where or how a run was carried out, such as out or device, never)."""
-    flat = {int(r["id"]): _flat(r.get("config")) for r in runs}
+    flat = {int(r["id"]): flat_config(r.get("config")) for r in runs}
     always = {key for key, _ in _ALWAYS}
     keys = sorted({k for c in flat.values() for k in c})
     configs = [c for c in flat.values() if c]  # a run logged without a config names no keys
-    differ = [k for k in keys if k not in always and k.split(".")[0] not in _NOT_NAMING
+    differ = [k for k in keys if k not in always and k.split(".")[0] not in NOT_NAMING
               and len({repr(c.get(k)) for c in configs}) > 1]
     prompts = len({r.get("prompt") for r in runs}) > 1
     names = {}
     for r in runs:
         config = flat[int(r["id"])]
         parts = [f'"{_cut(r.get("prompt") or "", PROMPT_CHARS)}"'] if prompts else []
-        parts += [f"{label}={_value(config[key])}" if label == "τ" else f"{label} {_value(config[key])}"
+        parts += [f"{label}={value_text(config[key])}" if label == "τ" else f"{label} {value_text(config[key])}"
                   for key, label in _ALWAYS if key in config]
-        parts += [f"{k}={_value(config.get(k))}" for k in differ[:MAX_KEYS] if config]
+        parts += [f"{k}={value_text(config.get(k))}" for k in differ[:MAX_KEYS] if config]
         names[int(r["id"])] = f"run {int(r['id'])}" + (f" ({', '.join(parts)})" if parts else "")
     return names
 

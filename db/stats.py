@@ -498,7 +498,7 @@ def _bt_cells(comparisons: pd.DataFrame) -> tuple[pd.Index, np.ndarray, np.ndarr
             win_a[keep])
 
 
-def _bt_fit(wins: np.ndarray, prior: float, max_iter: int = 100, tol: float = 1e-10) -> np.ndarray:
+def bt_fit(wins: np.ndarray, prior: float, max_iter: int = 100, tol: float = 1e-10) -> np.ndarray:
     """Log-strengths (mean 0) maximising the Bradley–Terry likelihood of the win matrix by Newton steps.
 
     wins[i, j] = (possibly fractional) wins of i over j. The prior is `prior` wins and `prior`
@@ -511,13 +511,21 @@ def _bt_fit(wins: np.ndarray, prior: float, max_iter: int = 100, tol: float = 1e
         p = 1.0 / (1.0 + np.exp(s[None, :] - s[:, None]))       # p[i, j] = P(i beats j)
         q = 1.0 / (1.0 + np.exp(-s))                            # P(i beats the virtual item)
         grad = won - (games * p).sum(axis=1) + prior * (1.0 - 2.0 * q)
-        w = games * p * (1.0 - p)
-        info = np.diag(w.sum(axis=1) + 2.0 * prior * q * (1.0 - q)) - w   # minus the Hessian
-        step = np.linalg.lstsq(info, grad, rcond=None)[0]
+        step = np.linalg.lstsq(bt_information(s, games, prior), grad, rcond=None)[0]
         s = s + step
         if np.max(np.abs(step)) < tol:
             break
     return s - s.mean()
+
+
+def bt_information(s: np.ndarray, games: np.ndarray, prior: float) -> np.ndarray:
+    """Fisher information of Bradley–Terry log-strengths `s` (minus the log-likelihood's Hessian, the
+    prior's virtual games included): games[i, j] comparisons of i and j each add p(1 − p) with
+    p = P(i beats j), so a pair whose outcome is a coin flip teaches the most."""
+    p = 1.0 / (1.0 + np.exp(s[None, :] - s[:, None]))
+    q = 1.0 / (1.0 + np.exp(-s))
+    w = games * p * (1.0 - p)
+    return np.diag(w.sum(axis=1) + 2.0 * prior * q * (1.0 - q)) - w
 
 
 def _win_matrix(k: int, ia: np.ndarray, ib: np.ndarray, win_a: np.ndarray, weights=None) -> np.ndarray:
@@ -536,8 +544,25 @@ def bradley_terry(comparisons: pd.DataFrame, prior: float = 0.5) -> pd.Series:
     undefeated items finite; prior=0 is the plain maximum-likelihood estimate.
     """
     items, ia, ib, win_a = _bt_cells(comparisons)
-    s = _bt_fit(_win_matrix(len(items), ia, ib, win_a), prior)
+    s = bt_fit(_win_matrix(len(items), ia, ib, win_a), prior)
     return pd.Series(s, index=items, name="strength")
+
+
+def bt_bootstrap(comparisons: pd.DataFrame, n_boot: int = 200, seed: int = 0,
+                 prior: float = 0.5) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+    """(items, log-strengths, n_boot × items bootstrap log-strengths), each fit of mean 0. A resample
+    of the comparisons (FastChat's arena bootstrap: votes drawn with replacement) is a multinomial
+    draw of how often each comparison appears, so each is a reweighted win matrix (no copies)."""
+    items, ia, ib, win_a = _bt_cells(comparisons)
+    point = bt_fit(_win_matrix(len(items), ia, ib, win_a), prior)
+    rng = np.random.default_rng(seed)
+    n = len(ia)
+    if n_boot and n:
+        boots = np.array([bt_fit(_win_matrix(len(items), ia, ib, win_a, w), prior)
+                          for w in rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)])
+    else:
+        boots = np.empty((0, len(items)))
+    return items, point, boots
 
 
 def bradley_terry_ci(comparisons: pd.DataFrame, n_boot: int = 200, seed: int = 0, level: float = 0.95,
@@ -547,15 +572,7 @@ def bradley_terry_ci(comparisons: pd.DataFrame, n_boot: int = 200, seed: int = 0
     A bootstrap resample of the comparisons is a multinomial draw of how often each comparison
     appears, so each resample is a reweighted win matrix (no copies of the frame).
     """
-    items, ia, ib, win_a = _bt_cells(comparisons)
-    point = _bt_fit(_win_matrix(len(items), ia, ib, win_a), prior)
-    rng = np.random.default_rng(seed)
-    n = len(ia)
-    if n_boot and n:
-        boots = np.array([_bt_fit(_win_matrix(len(items), ia, ib, win_a, w), prior)
-                          for w in rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)])
-    else:
-        boots = np.empty((0, len(items)))
+    items, point, boots = bt_bootstrap(comparisons, n_boot, seed, prior)
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
     out = pd.DataFrame({"strength": point,
                         "low": np.quantile(boots, lo, axis=0) if len(boots) else np.nan,

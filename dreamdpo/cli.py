@@ -1,4 +1,4 @@
-"""`dreamdpo run | demo | annotate | export | stats | annotators | db | toyworld`.
+"""`dreamdpo run | submit | worker | demo | annotate | export | stats | annotators | db | toyworld | arena`.
 
 Each command family lives in dreamdpo/commands/<name>.py and exposes `add_commands(subparsers)`;
 a command's handler takes the parsed args and returns an exit code. Imports are lazy so that
@@ -15,7 +15,7 @@ import importlib
 import signal
 import sys
 
-COMMAND_MODULES = ["run", "log", "annotate", "audit", "toyworld"]
+COMMAND_MODULES = ["run", "queue", "log", "annotate", "audit", "toyworld", "arena"]
 
 
 class Terminated(KeyboardInterrupt):
