@@ -56,6 +56,19 @@ def active_annotator(s: Session, annotator_id: int) -> Annotator:
     return who
 
 
+_ACCOUNT = sa.select(Annotator.name, Annotator.active).where(Annotator.id == sa.bindparam("me", type_=sa.Integer()))
+
+
+def check_active(conn: sa.Connection, annotator_id: int) -> None:
+    """active_annotator for Core statements (the claim and vote hot path): LogError when the account does
+    not exist, AccountInactive when it was deactivated."""
+    who = conn.execute(_ACCOUNT, {"me": annotator_id}).first()
+    if who is None:
+        raise LogError(f"annotator {annotator_id} does not exist; an admin adds people with `dreamdpo annotators add`")
+    if not who.active:
+        raise AccountInactive(f"annotator {who.name} is deactivated; ask an admin")
+
+
 def add_annotator(engine, name: str, admin: bool = False) -> str:
     """Create an account; returns its token (shown once, never stored)."""
     if not isinstance(name, str) or not NAME.match(name):

@@ -18,44 +18,49 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from db.accounts import active_annotator
+from db.accounts import active_annotator, check_active
 from db.engine import read_only
 from db.errors import LogError
 from db.leases import holders, valid_claim
 from db.models import Claim, Image, Pair, Run, UTCDateTime, Vote, int_or_none, utcnow
 from db.pairs import lock_pair
-from db.votes import STANDING_COUNTS, skip_reason, standing_vote
+from db.votes import _check_vote, cast_vote, skip_reason, standing_vote
 
 CLAIM_BATCH = 4  # candidates a tier locks at a time
 
-_PNGS = sa.select(Image.id, Image.png).where(Image.id.in_(sa.bindparam("ids", expanding=True)))
-
-
-def _claim_dict(s: Session, pair: Pair, claim: Claim, tier: str) -> dict:
-    run = s.get_one(Run, pair.run_id)
-    ids = [pair.image_a, pair.image_b] + ([pair.render_image] if pair.render_image else [])
-    pngs = dict(s.execute(_PNGS, {"ids": ids}).all())
-    votes_in = sum(n for _c, n in s.execute(STANDING_COUNTS, {"pid": pair.id}))
-    return dict(pair_id=pair.id, run_id=pair.run_id, step=pair.step, prompt=run.prompt,
-                question=pair.question if pair.question is not None else run.question, kind=pair.kind,
-                view=pair.view, image_a=pngs[pair.image_a], image_b=pngs[pair.image_b],
-                render_image=pngs.get(pair.render_image) if pair.render_image else None,
-                expires_at=claim.expires_at, votes_needed=pair.votes_needed, votes_in=int(votes_in),
-                deadline=pair.deadline, cameras=pair.camera, tier=tier)
-
-
-# Built once: composing these expressions costs more CPU than running them.
+# Built once: composing these expressions costs more CPU than running them. The claim is SQLAlchemy Core on
+# one connection (no ORM unit of work), so that it can run inside a vote's transaction (vote_and_claim_next).
+_P, _V, _C, _R, _I = (cast(sa.Table, m.__table__) for m in (Pair, Vote, Claim, Run, Image))
 _NOW = sa.bindparam("now", type_=UTCDateTime())
 _ME = sa.bindparam("me", type_=sa.Integer())
+_PID = sa.bindparam("pid", type_=sa.Integer())
 _OPEN = sa.or_(Pair.deadline.is_(None), Pair.deadline > _NOW)
-_HELD = (sa.select(Pair, Claim).join(Claim, Claim.pair_id == Pair.id)
+_HELD = (sa.select(Pair.id, Claim.expires_at).join(Claim, Claim.pair_id == Pair.id)
          .where(Claim.annotator_id == _ME, Claim.expires_at > _NOW, Pair.status == "pending", _OPEN,
                 ~sa.exists().where(Vote.pair_id == Pair.id, Vote.annotator_id == _ME, Vote.retracted.is_(False)))
          .order_by(Claim.claimed_at).limit(1))
+_IA, _IB, _IR = _I.alias("ia"), _I.alias("ib"), _I.alias("ir")
+_VOTES_IN = (sa.select(sa.func.count()).select_from(_V)
+             .where(_V.c.pair_id == _P.c.id, _V.c.annotator_id.is_not(None), _V.c.retracted.is_(False),
+                    _V.c.choice != "skip").scalar_subquery())
+# everything the page shows of a claimed pair, in one statement
+_CLAIMED = (sa.select(_P.c.id.label("pair_id"), _P.c.run_id, _P.c.step, _R.c.prompt,
+                      sa.func.coalesce(_P.c.question, _R.c.question).label("question"), _P.c.kind, _P.c.view,
+                      _IA.c.png.label("image_a"), _IB.c.png.label("image_b"), _IR.c.png.label("render_image"),
+                      _P.c.votes_needed, _VOTES_IN.label("votes_in"), _P.c.deadline, _P.c.camera.label("cameras"))
+            .select_from(_P.join(_R, _R.c.id == _P.c.run_id).join(_IA, _IA.c.id == _P.c.image_a)
+                         .join(_IB, _IB.c.id == _P.c.image_b).outerjoin(_IR, _IR.c.id == _P.c.render_image))
+            .where(_P.c.id == _PID))
+
+
+def _claim_dict(conn: sa.Connection, pair_id: int, expires_at: datetime, tier: str) -> dict:
+    row = conn.execute(_CLAIMED, {"pid": pair_id}).mappings().one()
+    return dict(row, votes_in=int(row["votes_in"]), expires_at=expires_at, tier=tier)
 
 
 def _candidates(tier: sa.ColumnElement[bool]) -> sa.Select[int]:
@@ -69,68 +74,85 @@ def _candidates(tier: sa.ColumnElement[bool]) -> sa.Select[int]:
 
 _LIVE = _candidates(sa.and_(Pair.kind == "live", Run.status == "running"))
 _AUDIT_AND_QC = _candidates(sa.and_(Pair.kind != "live", Run.status != "cancelled"))
-_RECOUNT = sa.select(holders(sa.bindparam("pid", type_=sa.Integer()), _NOW))
+# a locked candidate re-read: a fresh statement sees the commits made before the lock
+_RECOUNT = sa.select(_P.c.status, _P.c.votes_needed, holders(_PID, _NOW).label("holders")).where(_P.c.id == _PID)
+_RENEW = (sa.update(_C).where(_C.c.pair_id == _PID, _C.c.annotator_id == _ME)
+          .values(claimed_at=_NOW, expires_at=sa.bindparam("expires", type_=UTCDateTime())))
+_LEASE = sa.insert(_C)
 
 
-def _claim_first(s: Session, pair_ids: Sequence[int], annotator_id: int, now: datetime, lease_seconds: float,
-                 tier: str) -> dict | None:
+def _claim_first(conn: sa.Connection, pair_ids: Sequence[int], annotator_id: int, now: datetime,
+                 lease_seconds: float, tier: str) -> dict | None:
     for pair_id in pair_ids:
-        # the row is locked now: re-count with a fresh statement (sees commits made before the lock)
-        pair = s.get_one(Pair, pair_id, populate_existing=True)
-        if pair.status != "pending":
+        row = conn.execute(_RECOUNT, {"pid": pair_id, "now": now}).one()
+        if row.status != "pending" or row.holders >= row.votes_needed:
             continue
-        if s.execute(_RECOUNT, {"pid": pair_id, "now": now}).scalar_one() >= pair.votes_needed:
-            continue
-        claim = s.get(Claim, (pair_id, annotator_id))
         expires = now + timedelta(seconds=lease_seconds)
-        if claim is None:
-            claim = Claim(pair_id=pair_id, annotator_id=annotator_id, claimed_at=now, expires_at=expires)
-            s.add(claim)
-        else:  # their own expired lease, taken again
-            claim.claimed_at, claim.expires_at = now, expires
-        s.flush()
-        return _claim_dict(s, pair, claim, tier)
+        renewed = conn.execute(_RENEW, {"pid": pair_id, "me": annotator_id, "now": now, "expires": expires})
+        if not renewed.rowcount:  # else: their own expired lease, taken again
+            conn.execute(_LEASE, dict(pair_id=pair_id, annotator_id=annotator_id, claimed_at=now, expires_at=expires))
+        return _claim_dict(conn, pair_id, expires, tier)
     return None
 
 
 # ----------------------------------------------------------------------------- next-task policies
-# Each takes (session, annotator id, now, lease seconds) inside claim_next's transaction and returns
+# Each takes (connection, annotator id, now, lease seconds) inside claim_next's transaction and returns
 # the claim it served, or None to let the next tier try.
-NextTaskPolicy = Callable[[Session, int, datetime, float], dict | None]
+NextTaskPolicy = Callable[[sa.Connection, int, datetime, float], dict | None]
 
 
-def held_lease(s: Session, annotator_id: int, now: datetime, lease_seconds: float) -> dict | None:
+def held_lease(conn: sa.Connection, annotator_id: int, now: datetime, lease_seconds: float) -> dict | None:
     """The pair this person already holds (an unexpired lease, no standing vote yet): given back as is."""
-    held = s.execute(_HELD, {"me": annotator_id, "now": now}).first()
-    return None if held is None else _claim_dict(s, held[0], held[1], "held_lease")
+    held = conn.execute(_HELD, {"me": annotator_id, "now": now}).first()
+    return None if held is None else _claim_dict(conn, held.id, held.expires_at, "held_lease")
 
 
-def live_pairs(s: Session, annotator_id: int, now: datetime, lease_seconds: float) -> dict | None:
+def live_pairs(conn: sa.Connection, annotator_id: int, now: datetime, lease_seconds: float) -> dict | None:
     """Live pairs of running runs, oldest first: the run is waiting for the vote."""
-    candidates = s.scalars(_LIVE, {"me": annotator_id, "now": now}).all()
-    return _claim_first(s, candidates, annotator_id, now, lease_seconds, "live_pairs")
+    candidates = conn.scalars(_LIVE, {"me": annotator_id, "now": now}).all()
+    return _claim_first(conn, candidates, annotator_id, now, lease_seconds, "live_pairs")
 
 
-def audit_and_qc_pairs(s: Session, annotator_id: int, now: datetime, lease_seconds: float) -> dict | None:
+def audit_and_qc_pairs(conn: sa.Connection, annotator_id: int, now: datetime, lease_seconds: float) -> dict | None:
     """Audit, gold, duplicate and arena pairs of runs that are not cancelled, oldest first."""
-    candidates = s.scalars(_AUDIT_AND_QC, {"me": annotator_id, "now": now}).all()
-    return _claim_first(s, candidates, annotator_id, now, lease_seconds, "audit_and_qc_pairs")
+    candidates = conn.scalars(_AUDIT_AND_QC, {"me": annotator_id, "now": now}).all()
+    return _claim_first(conn, candidates, annotator_id, now, lease_seconds, "audit_and_qc_pairs")
 
 
 NEXT_TASK_POLICIES: tuple[NextTaskPolicy, ...] = (held_lease, live_pairs, audit_and_qc_pairs)
 
 
+def _next(conn: sa.Connection, annotator_id: int, now: datetime, lease_seconds: float) -> dict | None:
+    for policy in NEXT_TASK_POLICIES:
+        claimed = policy(conn, annotator_id, now, lease_seconds)
+        if claimed is not None:
+            return claimed
+    return None
+
+
 def claim_next(engine: sa.Engine, annotator_id: int, lease_seconds: float = 120) -> dict | None:
     """Lease the next pair for this person, or give back the one they already hold: the first of
     NEXT_TASK_POLICIES that serves a claim (its name in the claim's `tier`), or None."""
+    with engine.begin() as conn:
+        check_active(conn, annotator_id)
+        return _next(conn, annotator_id, utcnow(), lease_seconds)
+
+
+def vote_and_claim_next(engine: sa.Engine, pair_id: int, annotator_id: int, choice: str,
+                        shown_left: str | None = None, latency_ms: int | None = None,
+                        lease_seconds: float = 120) -> dict:
+    """A person's vote (db.votes.vote, same rules) and the claim of their next pair (claim_next), in one
+    transaction: what the Annotate page does after each vote, with the write lock taken once.
+    Returns {"vote": vote()'s result, "next": claim_next()'s claim or None}. A refused vote raises
+    LogError and claims nothing."""
+    reason = _check_vote(choice, shown_left, None)
     now = utcnow()
-    with Session(engine) as s, s.begin():
-        active_annotator(s, annotator_id)
-        for policy in NEXT_TASK_POLICIES:
-            claimed = policy(s, annotator_id, now, lease_seconds)
-            if claimed is not None:
-                return claimed
-        return None
+    with engine.begin() as conn:
+        result, refused = cast_vote(conn, pair_id, annotator_id, choice, shown_left, latency_ms, reason, now)
+        claimed = None if refused is not None else _next(conn, annotator_id, now, lease_seconds)
+    if refused is not None:  # raised after the commit, so that an expiry is kept
+        raise LogError(refused)
+    return {"vote": result, "next": claimed}
 
 
 def claim_pair(engine: sa.Engine, pair_id: int, annotator_id: int, lease_seconds: float = 120) -> dict | None:
@@ -146,10 +168,12 @@ def claim_pair(engine: sa.Engine, pair_id: int, annotator_id: int, lease_seconds
             return None
         held = valid_claim(s, pair_id, annotator_id, now)
         if held is not None:
-            return None if standing_vote(s, pair_id, annotator_id) is not None else _claim_dict(s, pair, held, "direct")
+            if standing_vote(s, pair_id, annotator_id) is not None:
+                return None
+            return _claim_dict(s.connection(), pair_id, held.expires_at, "direct")
         if s.scalar(sa.select(Vote.id).where(Vote.pair_id == pair_id, Vote.annotator_id == annotator_id)) is not None:
             return None
-        return _claim_first(s, [pair_id], annotator_id, now, lease_seconds, "direct")
+        return _claim_first(s.connection(), [pair_id], annotator_id, now, lease_seconds, "direct")
 
 
 def release(engine: sa.Engine, pair_id: int, annotator_id: int, reason: str | None = None,

@@ -22,19 +22,19 @@ import time
 import unicodedata
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from db import liveness
-from db.accounts import active_annotator
+from db.accounts import active_annotator, check_active
 from db.consensus import outcome
 from db.engine import read_only
 from db.errors import LogError
 from db.leases import valid_claim
 from db.models import CHOICES, Claim, Decision, Pair, Run, Vote, float_or_none, int_or_none, utcnow
-from db.pairs import expire_if_late, insert_pair, lock_pair
+from db.pairs import insert_pair, lock_pair
 from db.runs import beat
 
 # standing human votes on a pair by choice (skips and retracted rows left out)
@@ -64,10 +64,44 @@ def standing_vote(s: Session, pair_id: int, annotator_id: int) -> Vote | None:
                                            Vote.retracted.is_(False))).first()
 
 
-def vote(engine: sa.Engine, pair_id: int, annotator_id: int, choice: str, shown_left: str | None = None,
-         latency_ms: int | None = None, reason: str | None = None) -> dict:
-    """Store a person's vote (idempotent per pair and person) and decide the pair if enough are in.
-    A skip may carry a reason (`skip_reason`); any other choice may not."""
+# The hot path (a person's vote, and db.queue's claims) is SQLAlchemy Core on one connection: a few
+# short statements built once, no ORM unit of work, so that SQLite's write lock is held briefly.
+_P, _V, _C, _D, _R = (cast(sa.Table, m.__table__) for m in (Pair, Vote, Claim, Decision, Run))
+_PID = sa.bindparam("pid", type_=sa.Integer())
+_ME = sa.bindparam("me", type_=sa.Integer())
+_MINE = _V.alias("mine")
+
+
+def _standing(choice: str) -> sa.ScalarSelect[int]:
+    return (sa.select(sa.func.count()).select_from(_V)
+            .where(_V.c.pair_id == _P.c.id, _V.c.annotator_id.is_not(None), _V.c.retracted.is_(False),
+                   _V.c.choice == choice).scalar_subquery())
+
+
+# the pair's row locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers). A separate
+# statement: one that waited for the lock still reads other tables as they were when it started
+_LOCK_ROW = sa.select(_P.c.id).where(_P.c.id == _PID).with_for_update()
+# then, read after the lock (no vote can slip in): everything a vote decides on, its run's status, this
+# person's lease and standing vote, whether it is decided, the standing votes by choice
+_FOR_VOTE = (
+    sa.select(_P.c.run_id, _P.c.status, _P.c.deadline, _P.c.votes_needed, _R.c.status.label("run_status"),
+              _C.c.expires_at, _MINE.c.id.label("mine_id"), _MINE.c.choice.label("mine_choice"),
+              _D.c.pair_id.label("decided"), *(_standing(c).label(f"n_{c}") for c in ("a", "b", "tie", "both_bad")))
+    .select_from(_P.join(_R, _R.c.id == _P.c.run_id)
+                 .outerjoin(_C, sa.and_(_C.c.pair_id == _P.c.id, _C.c.annotator_id == _ME))
+                 .outerjoin(_MINE, sa.and_(_MINE.c.pair_id == _P.c.id, _MINE.c.annotator_id == _ME,
+                                           _MINE.c.retracted.is_(False)))
+                 .outerjoin(_D, _D.c.pair_id == _P.c.id))
+    .where(_P.c.id == _PID))
+_INSERT_VOTE = sa.insert(_V).returning(_V.c.id)
+_DROP_LEASE = sa.delete(_C).where(_C.c.pair_id == _PID, _C.c.annotator_id == _ME)
+_EXPIRE = sa.update(_P).where(_P.c.id == _PID).values(status="expired")
+_DECIDED = sa.update(_P).where(_P.c.id == _PID).values(status="decided")
+_DECISION = sa.select(_D).where(_D.c.pair_id == _PID)
+
+
+def _check_vote(choice: str, shown_left: str | None, reason: str | None) -> str | None:
+    """The vote's arguments checked (one-line errors); returns the skip's reason as kept."""
     if choice not in CHOICES:
         raise LogError(f"choice {choice!r} is not one of {', '.join(CHOICES)}")
     reason = skip_reason(reason)
@@ -75,37 +109,65 @@ def vote(engine: sa.Engine, pair_id: int, annotator_id: int, choice: str, shown_
         raise LogError("only a skip carries a reason")
     if shown_left not in (None, "a", "b"):
         raise LogError(f"shown_left must be a or b, not {shown_left!r}")
-    now = utcnow()
-    refused = None
-    with Session(engine) as s, s.begin():
-        active_annotator(s, annotator_id)
-        pair = lock_pair(s, pair_id)
-        existing = standing_vote(s, pair_id, annotator_id)
-        if existing is not None:
-            if existing.choice != choice:
-                raise LogError(f"you already voted {existing.choice!r} on pair {pair_id}; "
-                               "undo it first to change your vote")
-            decided = s.get(Decision, pair_id)
-            return dict(vote_id=existing.id, decided=decided is not None,
-                        decision=None if decided is None else decision_dict(decided))
-        run = s.get_one(Run, pair.run_id)
-        if run.status == "cancelled" or pair.status == "cancelled":
-            raise LogError(f"run {pair.run_id} was cancelled; its pairs take no more votes")
-        expire_if_late(pair, now)
-        if pair.status != "pending":  # leave the block normally so that an expiry is committed
-            refused = f"pair {pair_id} is {pair.status}; it takes no more votes, claim the next one"
-        elif valid_claim(s, pair_id, annotator_id, now) is None:
-            raise LogError(f"no valid lease on pair {pair_id} (it expired or was never claimed); claim the next pair")
-        else:
-            v = Vote(pair_id=pair_id, annotator_id=annotator_id, choice=choice, shown_left=shown_left,
-                     latency_ms=int_or_none(latency_ms), raw=reason, created_at=now)
-            s.add(v)
-            s.flush()
-            if choice == "skip":
-                s.execute(sa.delete(Claim).where(Claim.pair_id == pair_id, Claim.annotator_id == annotator_id))
-            decision = _decide(s, pair, now)
-            return dict(vote_id=v.id, decided=decision is not None, decision=decision)
-    raise LogError(refused)
+    return reason
+
+
+def _locked(conn: sa.Connection, pair_id: int, annotator_id: int | None) -> sa.Row | None:
+    """The pair locked for the rest of the transaction, and what a vote on it decides on (None: no such pair)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_LOCK_ROW, {"pid": pair_id})
+    return conn.execute(_FOR_VOTE, {"pid": pair_id, "me": annotator_id}).first()
+
+
+def cast_vote(conn: sa.Connection, pair_id: int, annotator_id: int, choice: str, shown_left: str | None,
+              latency_ms: int | None, reason: str | None, now: datetime) -> tuple[dict | None, str | None]:
+    """vote() inside the caller's write transaction: (the result, None), or (None, why it was refused)
+    when the pair takes no more votes (an expiry written here is to be committed before raising that)."""
+    row = _locked(conn, pair_id, annotator_id)
+    check_active(conn, annotator_id)
+    if row is None:
+        raise LogError(f"pair {pair_id} does not exist")
+    if row.mine_id is not None:
+        if row.mine_choice != choice:
+            raise LogError(f"you already voted {row.mine_choice!r} on pair {pair_id}; "
+                           "undo it first to change your vote")
+        existing = conn.execute(_DECISION, {"pid": pair_id}).mappings().first()
+        return dict(vote_id=row.mine_id, decided=existing is not None,
+                    decision=None if existing is None else dict(existing)), None
+    if row.run_status == "cancelled" or row.status == "cancelled":
+        raise LogError(f"run {row.run_id} was cancelled; its pairs take no more votes")
+    status = row.status
+    if status == "pending" and row.deadline is not None and row.deadline <= now:
+        conn.execute(_EXPIRE, {"pid": pair_id})
+        status = "expired"
+    if status != "pending":
+        return None, f"pair {pair_id} is {status}; it takes no more votes, claim the next one"
+    if row.expires_at is None or row.expires_at <= now:
+        raise LogError(f"no valid lease on pair {pair_id} (it expired or was never claimed); claim the next pair")
+    vote_id = conn.execute(_INSERT_VOTE, dict(pair_id=pair_id, annotator_id=annotator_id, choice=choice,
+                                              shown_left=shown_left, latency_ms=int_or_none(latency_ms), raw=reason,
+                                              created_at=now, retracted=False)).scalar_one()
+    decision = None
+    if choice == "skip":
+        conn.execute(_DROP_LEASE, {"pid": pair_id, "me": annotator_id})
+    elif row.decided is None:
+        counts = {"a": row.n_a, "b": row.n_b, "tie": row.n_tie, "both_bad": row.n_both_bad}
+        counts[choice] += 1
+        decision = _write_decision(conn, pair_id, counts, row.votes_needed, now)
+    return dict(vote_id=vote_id, decided=decision is not None, decision=decision), None
+
+
+def vote(engine: sa.Engine, pair_id: int, annotator_id: int, choice: str, shown_left: str | None = None,
+         latency_ms: int | None = None, reason: str | None = None) -> dict:
+    """Store a person's vote (idempotent per pair and person) and decide the pair if enough are in.
+    A skip may carry a reason (`skip_reason`); any other choice may not."""
+    reason = _check_vote(choice, shown_left, reason)
+    with engine.begin() as conn:
+        result, refused = cast_vote(conn, pair_id, annotator_id, choice, shown_left, latency_ms, reason, utcnow())
+    if refused is not None:  # raised after the commit, so that an expiry is kept
+        raise LogError(refused)
+    assert result is not None
+    return result
 
 
 def undo_vote(engine: sa.Engine, pair_id: int, annotator_id: int) -> bool:
@@ -159,30 +221,31 @@ def record_model_comparison(engine: sa.Engine, run_id: int, step: int, image_a: 
 
 
 # ----------------------------------------------------------------------------- decisions
-def _decide(s: Session, pair: Pair, now: datetime) -> dict | None:
-    if pair.status != "pending" or s.get(Decision, pair.id) is not None:
-        return None
-    rows = s.execute(STANDING_COUNTS, {"pid": pair.id}).all()
-    counts = {"a": 0, "b": 0, "tie": 0, "both_bad": 0} | {c: int(n) for c, n in rows}
-    if sum(counts.values()) < pair.votes_needed:
+def _write_decision(conn: sa.Connection, pair_id: int, counts: dict[str, int], votes_needed: int,
+                    now: datetime) -> dict | None:
+    """The decision of a locked, pending, undecided pair once `counts` (its standing votes) reach votes_needed."""
+    if sum(counts.values()) < votes_needed:
         return None
     winner, rule, gap = outcome(counts)
-    d = Decision(pair_id=pair.id, winner=winner, gap=gap, rule=rule, n_a=counts["a"], n_b=counts["b"],
-                 n_tie=counts["tie"], n_both_bad=counts["both_bad"], decided_at=now)
-    s.add(d)
-    pair.status = "decided"
-    s.flush()
-    return decision_dict(d)
+    d = dict(pair_id=pair_id, winner=winner, gap=gap, rule=rule, decided_at=now, n_a=counts["a"], n_b=counts["b"],
+             n_tie=counts["tie"], n_both_bad=counts["both_bad"])
+    conn.execute(sa.insert(_D), d)
+    conn.execute(_DECIDED, {"pid": pair_id})
+    return d
 
 
 def decide(engine: sa.Engine, pair_id: int) -> dict | None:
     """Write the decision if enough votes are in and none exists yet; returns the (new or existing) decision."""
-    with Session(engine) as s, s.begin():
-        pair = lock_pair(s, pair_id)
-        existing = s.get(Decision, pair_id)
-        if existing is not None:
-            return decision_dict(existing)
-        return _decide(s, pair, utcnow())
+    with engine.begin() as conn:
+        row = _locked(conn, pair_id, None)
+        if row is None:
+            raise LogError(f"pair {pair_id} does not exist")
+        if row.decided is not None:
+            return dict(conn.execute(_DECISION, {"pid": pair_id}).mappings().one())
+        if row.status != "pending":
+            return None
+        counts = {"a": row.n_a, "b": row.n_b, "tie": row.n_tie, "both_bad": row.n_both_bad}
+        return _write_decision(conn, pair_id, counts, row.votes_needed, utcnow())
 
 
 def decision_dict(d: Decision) -> dict:
