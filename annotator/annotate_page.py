@@ -24,6 +24,10 @@ and a click on a large view, Esc or Close returns to the grids. Every zoom actio
 never "the other way" (no toggle), so a key and a click handled in either order end the same. Votes
 work the same while zoomed; the next pair starts with its grids.
 
+An arena pair (two finished runs of the prompt, annotator.arena_criteria) shows each run's turntable
+views in the same grid, and under the buttons optional Left / Right / Tie choices per criterion,
+stored beside the vote.
+
 Quality-control pairs (gold, swapped duplicates) look exactly like live pairs: no run or step is
 shown, and a pair without a render of its own shows its run's latest one. A deactivated account is
 sent back to the sign-in form at its next poll or click; an unreachable log is a message, retried
@@ -39,7 +43,7 @@ import time
 import streamlit as st
 from PIL import Image
 
-from annotator import guard, instructions, keys
+from annotator import arena_criteria, guard, instructions, keys
 from annotator.plain import md
 from annotator.views import grid_png, view_at, view_count, view_png
 from db import feedback, pairs, queue, votes
@@ -116,8 +120,11 @@ def _vote(engine, user, button: str, reason: str | None = None) -> None:
                             else "it goes to the next person."))
             ss["last"] = None
         else:
-            votes.vote(engine, pair["pair_id"], user["id"], choice, shown_left=pair["shown_left"], latency_ms=latency)
-            ss["ack"] = f"{SAID[button]} stored for pair {pair['pair_id']}."
+            cast = votes.vote(engine, pair["pair_id"], user["id"], choice, shown_left=pair["shown_left"],
+                              latency_ms=latency)
+            judged = arena_criteria.store(engine, user, pair, cast["vote_id"])  # an arena pair's, if any
+            ss["ack"] = f"{SAID[button]} stored for pair {pair['pair_id']}" + (
+                f" with {judged} criteria." if judged else ".")
             ss["last"] = pair
     except Exception as e:
         if not isinstance(e, LogError) and not is_transient(e):
@@ -205,7 +212,10 @@ def _undo(engine, user) -> None:
 
 
 def context_render(engine, pair: dict) -> bytes | None:
-    """The pair's own render, else its run's latest one (QC pairs carry none: they must not stand out)."""
+    """The pair's own render, else its run's latest one (QC pairs carry none: they must not stand out);
+    none for an arena pair (one run's render beside both would favour a side)."""
+    if pair.get("kind") == "arena":
+        return None
     return pair.get("render_image") or latest_render(engine, pair["run_id"])
 
 
@@ -357,6 +367,8 @@ def _show_pair(engine, user, pair: dict | None, counts: str) -> None:
                           disabled=i == view)  # the view shown (not red: red buttons vote)
         nav[-1].button("Close · Esc", key="nav-close", on_click=_zoom, args=(None,), width="stretch")
     buttons = st.columns(len(BUTTONS) + 1)
+    if pair.get("kind") == "arena":  # two finished runs: optional choices per criterion, under the buttons
+        arena_criteria.ask(pair)
     for col, (label, button, hint) in zip(buttons, BUTTONS):
         col.button(f"{label} · {hint}", key=f"vote-{button}", on_click=_vote, args=(engine, user, button),
                    width="stretch", type="primary" if button in ("left", "right") else "secondary")

@@ -2,7 +2,7 @@
 $DREAMDPO_DB. No valid token or session cookie (annotator.session), no page: every rerun re-checks
 it, so a deactivated account is locked out at its next click, and a reload keeps a person signed in.
 
-Roles: annotators get Annotate and Runs; Audit, Export and Admin exist only in an admin's
+Roles: annotators get Annotate and Runs; Audit, Arena, Export and Admin exist only in an admin's
 navigation, so their URLs lead an annotator nowhere (each page checks the role again). A failing
 log is a message (annotator.guard), and the app retries by itself while it is unreachable.
 """
@@ -26,7 +26,8 @@ COMPACT = """<style>
 [data-testid="stMainBlockContainer"] [data-testid="stVerticalBlock"] { gap: 0.5rem; }
 [data-testid="stImage"] img { image-rendering: pixelated; }
 </style>"""
-ADMIN_PAGES = (("audit_page", "Audit", "audit"), ("export_page", "Export", "export"), ("admin_page", "Admin", "admin"))
+ADMIN_PAGES = (("audit_page", "Audit", "audit"), ("arena_page", "Arena", "arena"), ("export_page", "Export", "export"),
+               ("admin_page", "Admin", "admin"))
 
 
 @st.cache_resource(show_spinner=False)

@@ -1,6 +1,6 @@
 """Roles, for each page and each call an annotator can make.
 
-- Audit, Export and Admin are admin-only: absent from an annotator's navigation, their URLs lead
+- Audit, Arena, Export and Admin are admin-only: absent from an annotator's navigation, their URLs lead
   nowhere (real browser), and each page refuses an annotator when rendered directly (AppTest).
 - An annotator never sees another annotator's name or statistics on the pages open to them.
 - A deactivated account can do nothing: no claim, vote, undo or skip (API and app), and reactivation
@@ -88,7 +88,7 @@ def busy_log(engine, users) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- pages
-@pytest.mark.parametrize("module", ["audit_page", "export_page", "admin_page"])
+@pytest.mark.parametrize("module", ["audit_page", "arena_page", "export_page", "admin_page"])
 def test_admin_pages_refuse_an_annotator_and_open_for_an_admin(log, module):
     engine, url, _, users = log
     busy_log(engine, users)
@@ -289,7 +289,7 @@ def test_admin_pages_are_not_in_an_annotators_navigation_and_their_urls_lead_now
     try:
         heading(page, "Annotate").wait_for(timeout=60_000)
         assert nav_links(page) == {"Annotate", "Runs"}
-        for path in ("audit", "export", "admin"):
+        for path in ("audit", "arena", "export", "admin"):
             def sent_back(path=path):
                 return not page.url.rstrip("/").endswith(path)
 
@@ -312,8 +312,8 @@ def test_admins_reach_the_same_urls(served, browser):
     base, tokens = served
     context, page = sign_in(browser, base, tokens["root"], 120_000, wait=True)
     try:
-        assert nav_links(page) == {"Annotate", "Runs", "Audit", "Export", "Admin"}
-        for path in ("audit", "export", "admin"):
+        assert nav_links(page) == {"Annotate", "Runs", "Audit", "Arena", "Export", "Admin"}
+        for path in ("audit", "arena", "export", "admin"):
             go(page, path)
             heading(page, path.capitalize()).wait_for(timeout=60_000)
     finally:
