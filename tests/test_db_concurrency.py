@@ -90,6 +90,50 @@ def annotator(url: str, annotator_id: int, stop, out: str, seed: int) -> None:
                 f.write(f"BAD repeated vote on {pid} not idempotent\n")
 
 
+def annotator_combined(url: str, annotator_id: int, stop, out: str, seed: int) -> None:
+    """The Annotate page's loop: each vote claims the next pair in the same transaction
+    (db.queue.vote_and_claim_next); sometimes a skip, a stall past the lease, or the same vote twice."""
+    from db import queue
+    from db.engine import connect
+    from db.errors import LogError
+
+    eng, rng = connect(url), random.Random(seed)
+    c = None
+    with open(out, "a") as f:
+        while not stop.is_set():
+            lease = rng.choice([0.15, 30, 30, 30])
+            if c is None:
+                c = queue.claim_next(eng, annotator_id, lease_seconds=lease)
+                if c is None:
+                    time.sleep(0.02)
+                    continue
+            pid, r = c["pair_id"], rng.random()
+            if r < 0.05:
+                queue.release(eng, pid, annotator_id)
+                c = None
+                continue
+            if r > 0.97:
+                time.sleep(0.2)  # the short lease may run out meanwhile
+            choice = rng.choice(["a", "a", "b", "b", "tie", "both_bad"])
+            try:
+                res = queue.vote_and_claim_next(eng, pid, annotator_id, choice, shown_left=rng.choice("ab"),
+                                                lease_seconds=lease)
+            except LogError as e:
+                f.write(f"refused {pid} {str(e)[:40]!r}\n")
+                f.flush()
+                c = None
+                continue
+            f.write(f"vote {res['vote']['vote_id']} {pid} {choice}\n")
+            f.flush()
+            if rng.random() < 0.05:
+                again = queue.vote_and_claim_next(eng, pid, annotator_id, choice, lease_seconds=lease)
+                if again["vote"]["vote_id"] != res["vote"]["vote_id"]:
+                    f.write(f"BAD repeated vote on {pid} not idempotent\n")
+                if (again["next"] or {}).get("pair_id") != (res["next"] or {}).get("pair_id") and res["next"]:
+                    f.write(f"BAD the claim after a repeated vote on {pid} is not the held one\n")
+            c = res["next"]
+
+
 def _held_or_voted(eng, pair_id, annotator_id) -> bool:
     with eng.connect() as conn:
         return bool(conn.exec_driver_sql(
@@ -231,6 +275,24 @@ def test_one_poster_eight_annotators_until_enough_work(log_url, tmp_path):
     seen = check_log(log_url, acked, waits, bad)
     assert seen["votes"] >= 100 and seen["decisions"] >= 30 and seen["waits"] > 5  # the run did real work
     print(f"\n{log_url.split(':')[0]}: {seen}")
+
+
+@pytest.mark.slow
+def test_eight_annotators_voting_and_claiming_in_one_call(log_url, tmp_path):
+    """vote_and_claim_next under 8 processes and a poster: the same invariants as the two-call loop
+    (nothing lost, every vote inside its lease, at most k voters, each decision written once)."""
+    run_id, people = setup_log(log_url, 8)
+    stop = CTX.Event()
+    outs = [str(tmp_path / f"ack{i}") for i in range(9)]
+    procs = [start(poster, log_url, run_id, stop, outs[0], 0)]
+    procs += [start(annotator_combined, log_url, who, stop, outs[i + 1], i + 1) for i, who in enumerate(people)]
+    try:
+        wait_until(log_url, "the poster and annotators did too little work", votes=100, decisions=30)
+    finally:
+        finish(procs, stop)
+    acked, waits, bad = read_acks(outs)
+    seen = check_log(log_url, acked, waits, bad)
+    assert seen["votes"] >= 100 and seen["decisions"] >= 30 and seen["waits"] > 5
 
 
 @pytest.mark.slow
