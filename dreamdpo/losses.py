@@ -37,8 +37,10 @@ class DPOConfig:
     - redraws: an indistinct pair is drawn again with fresh noises at a higher t (up to the top of
       the schedule), at most this many times, before it is left indistinct. 0 by default: redraws
       steer a taste harder but cost the toy cube its shape (docs/method.md, "Defaults and why").
-    - candidates: noises drawn per step (one batched prior call); the pair judged is the two candidates
-      that look most different (RewardSDS, arXiv 2503.09601, draws N and pushes best against worst).
+    - candidates: noises drawn per step (one batched prior call); `pick` says which two are judged.
+    - pick: 'most_different' (the two that look most different: informative for any judge, people
+      included) or 'best_worst' (a scoring judge scores all N and the pair is its best against its
+      worst, as RewardSDS, arXiv 2503.09601; needs a reward-model judge).
     """
 
     tau: float = 0.001
@@ -49,6 +51,7 @@ class DPOConfig:
     min_distance: float = 0.005
     redraws: int = 0
     candidates: int = 2
+    pick: Literal["most_different", "best_worst"] = "most_different"
 
     def __post_init__(self) -> None:
         if not self.tau >= 0:  # also rejects NaN
@@ -62,6 +65,8 @@ class DPOConfig:
         if self.candidates < 2:
             raise UserError(f"dpo.candidates must be ≥ 2 (noises drawn per step; the judged pair is the two that "
                             f"differ most), got {self.candidates}")
+        if self.pick not in ("most_different", "best_worst"):
+            raise UserError(f"dpo.pick must be 'most_different' or 'best_worst', got {self.pick!r}")
         if self.redraws < 0:
             raise UserError(f"dpo.redraws must be ≥ 0, got {self.redraws}")
 

@@ -13,6 +13,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,12 +173,14 @@ class Candidates:
 
 
 def make_candidates(
-    prior: DiffusionPrior, z: torch.Tensor, cams: Cameras, cond, cfg: RunConfig, step: int, two: bool
+    prior: DiffusionPrior, z: torch.Tensor, cams: Cameras, cond, cfg: RunConfig, step: int, two: bool,
+    score: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Candidates:
     """Noise the latent with dpo.candidates noises at one t (or, variant 'timestep', one noise at t1 ≠ t2)
     and run ONE batched prior call for all of them; with more than two, the pair kept is the two
-    candidates that look most different (the most informative pair for any judge, RewardSDS-style).
-    With two=False (SDS) member b is a copy of a.
+    candidates that look most different (the most informative pair for any judge), or, given `score`
+    (images [M,3,H,W] → [M]; dpo.pick='best_worst'), the best against the worst by mean score over the
+    views (RewardSDS). With two=False (SDS) member b is a copy of a.
 
     A pair whose candidates a person could not tell apart (any camera group closer than
     dpo.min_distance) is drawn again with fresh noises at a higher t, up to dpo.redraws times: at low t
@@ -199,7 +202,7 @@ def make_candidates(
             t_a, t_b = min(t_a + lift, top), min(t_b + lift, top)
         seeds = [step_seed(cfg.seed, step, Stream.NOISE_A, k), step_seed(cfg.seed, step, Stream.NOISE_B, k)]
         seeds += [step_seed(cfg.seed, step, Stream.NOISE_MORE, k * 1024 + i) for i in range(2, n)]
-        c = _predict(prior, z, cams, cond, cfg, (t_a, t_b), seeds[:n], timestep_variant)
+        c = _predict(prior, z, cams, cond, cfg, (t_a, t_b), seeds[:n], timestep_variant, score)
         if not two:
             return c
         c.draws = k + 1
@@ -210,9 +213,10 @@ def make_candidates(
     return first  # still indistinct: the step is what its own t gives (a tie, pull only)
 
 
-def _predict(prior, z, cams, cond, cfg, ts: tuple[int, int], seeds: list[int], one_noise: bool) -> Candidates:
+def _predict(prior, z, cams, cond, cfg, ts: tuple[int, int], seeds: list[int], one_noise: bool,
+             score: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Candidates:
     """The prior's predictions for len(seeds) members (1: SDS; 2: the pair; more: the two most different
-    of them are kept), in one batched call."""
+    of them, or the best and the worst by `score`, are kept), in one batched call."""
     B, members = z.shape[0], len(seeds)
     t = torch.tensor([[ts[0]] * B] + [[ts[1]] * B] * (members - 1), device=z.device)
     noises = [torch.randn(z.shape, generator=torch.Generator().manual_seed(s)).to(z) for s in seeds]
@@ -230,7 +234,8 @@ def _predict(prior, z, cams, cond, cfg, ts: tuple[int, int], seeds: list[int], o
                               eps_cond.expand(2, *z.shape), torch.empty(0), seeds=(seeds[0], seeds[0]))
         decoded = prior.decode(prior.predict_x0(z_t, pred.eps_cfg, t.reshape(-1))).float()
         images = decoded.reshape(members, B, *decoded.shape[1:])
-    i, j, distance = most_different(images, prior.n_views)
+    V = prior.n_views
+    i, j, distance = most_different(images, V) if score is None else best_worst(images, score, V)
     keep = [i, j]
     return Candidates(t[keep], noise[keep], eps_cfg[keep], eps_cond[keep], images[keep],
                       seeds=(seeds[i], seeds[j]), distance=distance)
@@ -247,6 +252,19 @@ def most_different(images: torch.Tensor, V: int) -> tuple[int, int, list[float]]
     pairs = {(i, j): dist(i, j) for i in range(N) for j in range(i + 1, N)}
     (i, j), d = max(pairs.items(), key=lambda kv: sum(kv[1]))
     return i, j, d
+
+
+def best_worst(images: torch.Tensor, score: Callable[[torch.Tensor], torch.Tensor], V: int,
+               ) -> tuple[int, int, list[float]]:
+    """(i, j, per-group distances of i and j): of N candidates [N,B,3,H,W], the best and the worst by their
+    mean score over all B views (RewardSDS, arXiv 2503.09601); all scores equal → (0, 1)."""
+    N, B = images.shape[:2]
+    means = score(images.reshape(N * B, *images.shape[2:])).float().reshape(N, B).mean(1)
+    i, j = int(means.argmax()), int(means.argmin())
+    if i == j:
+        i, j = 0, 1
+    groups = B // V
+    return i, j, [pixel_distance(images[i, g * V:(g + 1) * V], images[j, g * V:(g + 1) * V]) for g in range(groups)]
 
 
 def indistinct(distance: float) -> Judgement:
@@ -299,6 +317,9 @@ def optimize(
     prior = prior if prior is not None else load_prior(cfg, device)
     if judge is None and cfg.judge != "none":
         judge = load_run_judge(cfg, device)
+    if judge is not None and cfg.dpo.pick == "best_worst" and not judge.scores_images():
+        raise UserError(f"dpo.pick=best_worst needs a judge that scores single images (toy-reward, hpsv2, "
+                        f"imagereward); the {judge.name} judge only compares pairs: use dpo.pick=most_different")
     recorder = recorder or Recorder()
     V = prior.n_views
     B = cfg.batch_size or V
@@ -432,7 +453,11 @@ def train_step(cfg: RunConfig, sc: Scene, step: int, run_id: int | None):
     z = sc.prior.encode(out.rgb)
     tick("render")
     # 2. the pair: one t, two noises, one batched prior call (drawn again while indistinct)
-    c = make_candidates(sc.prior, z, cams, sc.cond, cfg, step, two=sc.judge is not None)
+    score = None
+    if sc.judge is not None and cfg.dpo.pick == "best_worst":
+        def score(images: torch.Tensor) -> torch.Tensor:
+            return sc.judge.score(images, cfg.prompt)
+    c = make_candidates(sc.prior, z, cams, sc.cond, cfg, step, two=sc.judge is not None, score=score)
     tick("prior")
     # 3. the verdicts, per camera group (None: SDS)
     verdicts: list[Judgement | None] = [None] * (sc.B // sc.V)

@@ -11,8 +11,8 @@ from dreamdpo import losses
 from dreamdpo.cameras import CameraConfig, random_cameras
 from dreamdpo.errors import UserError
 from dreamdpo.images import pixel_distance
-from dreamdpo.judges.base import Judgement
-from dreamdpo.optimize import injected_gradient, make_candidates, most_different
+from dreamdpo.judges.base import Judge, Judgement
+from dreamdpo.optimize import best_worst, injected_gradient, make_candidates, most_different
 from dreamdpo.priors.base import DiffusionPrior, NoisePrediction
 from dreamdpo.seeding import Stream, step_seed
 
@@ -110,3 +110,55 @@ def test_an_indistinct_pair_is_redrawn_higher_and_keeps_its_own_pull_as_anchor()
 def test_candidates_below_two_are_refused():
     with pytest.raises(UserError, match="dpo.candidates must be ≥ 2"):
         losses.DPOConfig(candidates=1)
+
+
+def test_best_worst_keeps_the_highest_and_the_lowest_scored_candidates():
+    imgs = torch.zeros(4, 2, 3, 4, 4)  # 4 candidates × 2 views
+    for k, level in enumerate([0.3, 0.9, 0.1, 0.5]):
+        imgs[k] += level
+    i, j, d = best_worst(imgs, lambda x: x.mean(dim=(1, 2, 3)), V=2)  # score = brightness
+    assert (i, j) == (1, 2) and d == [pytest.approx(pixel_distance(imgs[1], imgs[2]))]
+    i, j, _ = best_worst(imgs, lambda x: -x.mean(dim=(1, 2, 3)), V=1)
+    assert (i, j) == (2, 1)
+    assert best_worst(imgs, lambda x: torch.zeros(len(x)), V=2)[:2] == (0, 1)  # all equal: the first two
+
+
+def test_n_candidates_with_a_score_judge_the_best_against_the_worst():
+    prior, z, cams = setup()
+    cfg = run_cfg(0.8, candidates=6, pick="best_worst")
+    scored = []
+
+    def brightness(x):
+        scored.append(len(x))
+        return x.mean(dim=(1, 2, 3))
+
+    c = make_candidates(prior, z, cams, "x", cfg, step=0, two=True, score=brightness)
+    assert scored == [6]  # every candidate's views scored, once
+    assert set(c.seeds) <= set(step_seed(3, 0, s) for s in (Stream.NOISE_A, Stream.NOISE_B)) | {
+        step_seed(3, 0, Stream.NOISE_MORE, i) for i in range(2, 6)}
+    # this prior's x̂0 is the input + 0.3·mean noise above t = 500: the brightest candidate has the noise
+    # of highest mean among the six drawn, the darkest the lowest
+    seeds = [step_seed(3, 0, Stream.NOISE_A), step_seed(3, 0, Stream.NOISE_B)] + [
+        step_seed(3, 0, Stream.NOISE_MORE, i) for i in range(2, 6)]
+    noise_mean = {s: float(torch.randn(z.shape, generator=torch.Generator().manual_seed(s)).mean()) for s in seeds}
+    assert c.seeds == (max(seeds, key=noise_mean.get), min(seeds, key=noise_mean.get))
+    means = [float(x.mean()) for x in c.images]
+    assert means[0] > means[1]
+
+
+def test_best_worst_needs_a_judge_that_scores_and_says_so_before_the_run(tmp_path):
+    from dreamdpo.config import RunConfig
+    from dreamdpo.optimize import optimize
+
+    class PairOnly(Judge):
+        name = "pair-only"
+
+        def compare(self, a, b, prompt, context=None):
+            return Judgement(winner="a", gap=1.0, judge=self.name)
+
+    with pytest.raises(UserError, match="dpo.pick=best_worst needs a judge that scores single images"):
+        optimize(RunConfig(prompt="a red cube", out=str(tmp_path / "r"), dpo=losses.DPOConfig(pick="best_worst")),
+                 prior=PosteriorPrior(), judge=PairOnly())
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(UserError, match="dpo.pick must be"):
+        losses.DPOConfig(pick="best")

@@ -69,6 +69,15 @@ class Judge(ABC):
     ) -> Judgement:
         """images_*: [V,3,H,W] in [0,1], the V views of each candidate."""
 
+    def score(self, images: Tensor, prompt: str) -> Tensor:
+        """[V,3,H,W] in [0,1] → [V] scores, higher is better (dpo.pick=best_worst ranks N candidates with
+        it). Only a judge with a reward model scores single images; the others only compare pairs."""
+        raise NotImplementedError(f"the {self.name} judge scores no single images")
+
+    def scores_images(self) -> bool:
+        """Whether score() works (checked before a run starts, not at its first step)."""
+        return type(self).score is not Judge.score
+
     def features(self, images: Tensor) -> Tensor:
         """[V,3,H,W] → [V,D] image features, for a preference model learned on top of this judge."""
         raise NotImplementedError(f"the {self.name} judge has no image features to learn people's taste on")

@@ -63,6 +63,9 @@ class RewardJudge(Judge):
         v = images_a.shape[0]
         return judgement_from_scores(self.name, scores[:v], scores[v:])
 
+    def score(self, images: Tensor, prompt: str) -> Tensor:
+        return self.scorer.score(images, prompt).float().cpu()
+
     def features(self, images: Tensor) -> Tensor:
         return self.scorer.features(images).float().cpu()
 
