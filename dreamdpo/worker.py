@@ -115,6 +115,7 @@ class QueueRecorder(DbRecorder):
     def __init__(self, engine, run_id: int, heart: Heart, store: RunStorage, out_dir: Path, outage_s: float):
         super().__init__(engine, run_id=run_id, outage_s=outage_s)
         self.heart, self.store, self.out_dir = heart, store, out_dir
+        self.released = False  # given back to the queue by finish("paused") (the worker is stopping)
 
     def _check_held(self) -> None:
         if self.heart.lost.is_set():
@@ -147,7 +148,8 @@ class QueueRecorder(DbRecorder):
 
         if status == "paused":  # the worker is being stopped (SIGINT/SIGTERM): back to the queue
             if not self.heart.lost.is_set():
-                self._retry(lambda: run_queue.release_run(self.engine, self.run_id, self.heart.worker))
+                self.released = self._retry(lambda: run_queue.release_run(self.engine, self.run_id,
+                                                                          self.heart.worker))
             return None
         self._check_held()
         if status == "finished":
@@ -235,6 +237,7 @@ class Worker:
 
         run_id, attempt = int(run["id"]), int(run["attempts"])
         out = scratch / f"run-{run_id}-attempt-{attempt}"
+        recorder: QueueRecorder | None = None
         try:
             cfg = from_dict({**(run.get("config") or {}), "device": str(self.device), "out": str(out)})
             store = RunStorage(run["storage"])
@@ -252,7 +255,7 @@ class Worker:
                      f"held_until={heart.last_fence:.3f}")
             return False
         except KeyboardInterrupt:
-            released = run_queue.release_run(engine, run_id, self.name)
+            released = (recorder is not None and recorder.released) or run_queue.release_run(engine, run_id, self.name)
             self.say(f"run {run_id} released to the queue t={time.time():.3f} held_until={heart.last_fence:.3f}"
                      if released else f"run {run_id} left as it is (not held any more)")
             raise
