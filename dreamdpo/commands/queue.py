@@ -109,7 +109,7 @@ def build_queue(prompts: list[tuple[str, str]], sets, seeds: list[int], override
                     cfg = load_config(yaml_path, {"prompt": prompt, "seed": seed}, [*overrides, *items])
                     check_prompt(cfg)
                 except UserError as e:
-                    raise UserError(f"{where}: {e}") from None
+                    raise UserError(f"{where} (config {label!r}, seed {seed}): {e}") from None
                 if cfg.out:
                     raise UserError(f"{where}: a queued run's folder is its storage URL; drop out={cfg.out}")
                 queued.append(QueuedRun(
