@@ -6,7 +6,9 @@ cancelling asks for a confirmation first. Admins also write a run's instructions
 for a run judged by a multimodal LLM, extra questions its judge asks (db.runs.judge_questions).
 A run whose process stopped without saying so (kill -9, a lost machine) reads as 'stalled'
 (db/liveness.py) and says how to continue it; its waiting pairs can still be voted on, and the
-votes are used when it is resumed."""
+votes are used when it is resumed. Queued runs (`dreamdpo submit`) show their priority, the worker
+holding them and the claims so far (db/run_queue.py); an admin may reorder the queue by priority,
+and pause or cancel a queued run before any worker claims it."""
 from __future__ import annotations
 
 import pandas as pd
@@ -14,10 +16,10 @@ import streamlit as st
 
 from annotator import instructions
 from annotator.plain import md
-from db import feedback, images, liveness, runs
+from db import feedback, images, liveness, run_queue, runs
 from db.errors import LogError
 
-LIVE = ("pending", "running", "stalled", "paused")
+LIVE = ("queued", "pending", "running", "stalled", "paused")
 BINS = 20  # the share of steps each source decided is shown over at most this many windows of steps
 CHARTS = (("loss", "Loss"), ("gap", "Gap between the candidates (0–1)"),
           ("agreement", "Learned model's agreement with people (leave-one-out)"))
@@ -53,12 +55,18 @@ def controls(engine, run: dict) -> None:
     c = st.columns(4)
     rid = run["id"]
     ss = st.session_state
-    if run["status"] == "running" and c[0].button("Pause", key=f"pause-{rid}"):
+    if run["status"] in ("running", "queued") and c[0].button("Pause", key=f"pause-{rid}"):
         runs.set_run_status(engine, rid, "paused")
         st.rerun()
     if run["status"] == "paused" and c[0].button("Resume", key=f"resume-{rid}"):
-        runs.set_run_status(engine, rid, "running")
+        run_queue.resume_run(engine, rid)  # a queued run nobody holds goes back to the queue
         st.rerun()
+    if run["status"] in ("queued", "paused") and run.get("storage"):
+        priority = c[2].number_input("Priority (higher first)", value=int(run.get("priority") or 0), step=1,
+                                     key=f"priority-{rid}")
+        if priority != int(run.get("priority") or 0) and c[3].button("Set priority", key=f"set-priority-{rid}"):
+            run_queue.set_priority(engine, rid, int(priority))
+            st.rerun()
     if run["status"] not in LIVE:
         return
     if not ss.get(f"confirm-cancel-{rid}"):
@@ -116,6 +124,15 @@ def judge_questions_editor(engine, run: dict) -> None:
                            "each vote keeps the answers.")
 
 
+def queue_line(run: dict) -> str:
+    """A queued run's place in the queue: priority, the worker holding it, claims so far, its storage."""
+    holder = f"held by worker {run['worker']}" if run.get("worker") and run["status"] in ("running", "paused",
+                                                                                         "stalled") else (
+        f"last worker {run['worker']}" if run.get("worker") else "no worker yet")
+    return (f"queued run · priority {int(run.get('priority') or 0)} · {holder} · "
+            f"claims {int(run.get('attempts') or 0)} · storage {run['storage']}")
+
+
 def resume_command(run: dict) -> str:
     """The command that continues the run: its folder's config.yaml holds every key it was started with."""
     out = (run.get("config") or {}).get("out") or "OUT"
@@ -132,6 +149,8 @@ def show_run(engine, run: dict, waiting: int, admin: bool) -> None:
             st.code(resume_command(run), language="bash")  # a code block: plain text, never markdown
             st.caption("OUT: the run's --out folder; LOG: the --db it was started with (this app's log).")
     st.text(run["prompt"])  # text from the log is plain text, never markdown
+    if run.get("storage"):  # a queued run (dreamdpo submit)
+        st.text(queue_line(run))
     st.text(f"backbone {run['backbone'] or '?'} · judge {(run.get('judge_policy') or {}).get('judge', '?')} · "
             f"steps waiting on people: {waiting}")
     renders = [("first_preview", "First render"), ("preview", "Latest render"), ("turntable", "Turntable")]

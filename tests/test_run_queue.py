@@ -198,3 +198,37 @@ def test_an_unusable_storage_url_is_one_line(url, says):
 def test_a_reachable_storage_url_is_accepted_and_left_clean(tmp_path):
     check_reachable((tmp_path / "runs").as_uri())
     assert (tmp_path / "runs").is_dir() and not list((tmp_path / "runs").iterdir())
+
+
+def test_the_runs_page_shows_queued_runs_and_an_admin_reorders_pauses_and_resumes_them(log):
+    from streamlit.testing.v1 import AppTest
+
+    engine, url, _, users = log
+    first, second = queue(engine, 2)
+    run_queue.register_worker(engine, "gpu-host:1:cuda:0")
+
+    def runs_page(user):
+        def script(url, user):
+            from annotator import runs_page
+            from db.engine import connect
+
+            runs_page.render(connect(url), user)
+
+        return AppTest.from_function(script, args=(url, user), default_timeout=120).run()
+
+    at = runs_page(users["ann"])
+    shown = [t.value for t in at.text if t.value.startswith("queued run")]
+    assert len(shown) == 2 and all("priority 0 · no worker yet · claims 0" in t for t in shown), shown
+    assert not at.number_input  # annotators cannot reorder the queue
+    at = runs_page(users["root"])
+    at.number_input(key=f"priority-{second}").set_value(7).run()
+    at.button(key=f"set-priority-{second}").click().run()
+    assert row(engine, second)["priority"] == 7
+    at.button(key=f"pause-{first}").click().run()
+    assert row(engine, first)["status"] == "paused"
+    claimed = run_queue.claim_run(engine, "gpu-host:1:cuda:0")
+    assert claimed["id"] == second and run_queue.claim_run(engine, "gpu-host:1:cuda:0") is None  # paused: skipped
+    at = runs_page(users["root"])
+    assert any("held by worker gpu-host:1:cuda:0 · claims 1" in t.value for t in at.text)
+    at.button(key=f"resume-{first}").click().run()
+    assert row(engine, first)["status"] == "queued"  # nobody held it: back to the queue
