@@ -8,6 +8,8 @@ import streamlit as st
 
 from db import arena
 from db.criteria import CRITERIA
+from db.engine import is_transient
+from db.errors import LogError
 
 SIDES = ("Left", "Right", "Tie")
 
@@ -34,7 +36,15 @@ def chosen(pair: dict) -> dict[str, str]:
     return out
 
 
-def store(engine, user: dict, pair: dict, vote_id: int) -> int:
-    """Store the choices made for an arena pair beside the vote just cast; how many were stored."""
+def store(engine, user: dict, pair: dict, vote_id: int) -> int | None:
+    """Store the choices made for an arena pair beside the vote just cast: how many were stored, or
+    None when the log refused or could not be reached (the vote itself is stored already)."""
     given = chosen(pair) if pair.get("kind") == "arena" else {}
-    return arena.record_criteria(engine, vote_id, user["id"], given) if given else 0
+    if not given:
+        return 0
+    try:
+        return arena.record_criteria(engine, vote_id, user["id"], given)
+    except Exception as e:
+        if not isinstance(e, LogError) and not is_transient(e):
+            raise
+        return None
