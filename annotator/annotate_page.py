@@ -2,9 +2,9 @@
 
 Left/right is shuffled per pair and the shown order logged with the vote (shown_left = the
 candidate drawn on the left). The time from the pair appearing to the vote is logged as
-latency_ms. A vote, the claim of the next pair and its images happen in the same rerun of the
-fragment, so the next pair is on screen as soon as the vote is stored; the fragment also reruns
-every DREAMDPO_POLL_S seconds (default 0.5), so a pair posted while the queue was empty appears
+latency_ms. A vote and the claim of the next pair are one transaction (db.queue.vote_and_claim_next),
+drawn in the same rerun of the fragment, so the next pair is on screen as soon as the vote is stored;
+the fragment also reruns every DREAMDPO_POLL_S seconds (default 0.5), so a pair posted while the queue was empty appears
 without a reload, and the countdown of the lease ticks. Prompts and questions are drawn with
 st.text: HTML in them stays text.
 
@@ -85,7 +85,11 @@ def side_of(choice: str, shown_left: str | None) -> str:
 
 
 def _claim(engine, user) -> dict | None:
-    pair = queue.claim_next(engine, user["id"], lease_seconds=LEASE_S)
+    return _on_screen(queue.claim_next(engine, user["id"], lease_seconds=LEASE_S))
+
+
+def _on_screen(pair: dict | None) -> dict | None:
+    """A claimed pair becomes the one on screen: its sides (kept per pair in this tab) and when it appeared."""
     if pair is not None:
         sides = st.session_state.setdefault("sides", {})
         pair["shown_left"] = sides.setdefault(pair["pair_id"], random.choice("ab"))
@@ -120,12 +124,15 @@ def _vote(engine, user, button: str, reason: str | None = None) -> None:
                             else "it goes to the next person."))
             ss["last"] = None
         else:
-            cast = votes.vote(engine, pair["pair_id"], user["id"], choice, shown_left=pair["shown_left"],
-                              latency_ms=latency)
-            judged = arena_criteria.store(engine, user, pair, cast["vote_id"])  # an arena pair's, if any
+            # the next pair is claimed in the vote's transaction: one write per vote
+            got = queue.vote_and_claim_next(engine, pair["pair_id"], user["id"], choice,
+                                            shown_left=pair["shown_left"], latency_ms=latency, lease_seconds=LEASE_S)
+            judged = arena_criteria.store(engine, user, pair, got["vote"]["vote_id"])  # an arena pair's, if any
             ss["ack"] = f"{SAID[button]} stored for pair {pair['pair_id']}" + (
-                f" with {judged} criteria." if judged else ".")
+                f" with {judged} criteria." if judged else "." if judged == 0 else "; its criteria were not.")
             ss["last"] = pair
+            _on_screen(got["next"])
+            return
     except Exception as e:
         if not isinstance(e, LogError) and not is_transient(e):
             raise
