@@ -1,18 +1,29 @@
-"""Preference-log speed (issue 2): votes/s with 8 annotator processes, p95 of claim_next and vote
-with a big log (default 100k pairs, 1M votes), p95 from decision written to wait_for_decision
-returning. SQLite file and a throw-away PostgreSQL (db/pg_cluster.py) unless --engines says otherwise.
+"""Preference-log speed (issues 2 and 15): votes/s with 8 annotator processes, p95 of claim_next, vote
+and vote_and_claim_next with a big log (default 100k pairs, 1M votes), p95 from decision written to
+wait_for_decision returning. SQLite file and a throw-away PostgreSQL (db/pg_cluster.py) unless --engines
+says otherwise.
 
-    python bench/bench_db.py [--engines sqlite,postgresql] [--pairs 100000] [--votes 1000000]
+Throughput loops, side by side in one run: `combined` (vote_and_claim_next: what the Annotate page does),
+`separate` (claim_next, then vote), and with --before TREE (a checkout of an older dreamdpo, e.g. from
+`git archive`) that tree's own claim_next + vote loop, run in a child process from that tree.
+The SQLite big log is built once and cached in /tmp (--cache; copied for each run).
+
+    python bench/bench_db.py [--engines sqlite,postgresql] [--pairs 100000] [--votes 1000000] [--before /tmp/base]
 """
 from __future__ import annotations
 
 import argparse
 import io
 import multiprocessing as mp
+import os
 import random
+import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -40,21 +51,28 @@ def people(eng, n: int, prefix: str) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- votes/s
-def _annotate(url: str, who: int, seconds: float, start_at: float, q) -> None:
+def _annotate(url: str, who: int, seconds: float, start_at: float, q, loop: str = "separate") -> None:
     eng = connect(url)
     while time.time() < start_at:
         time.sleep(0.001)
     n, end = 0, start_at + seconds
+    c = queue.claim_next(eng, who) if loop == "combined" else None
     while time.time() < end:
-        c = queue.claim_next(eng, who)
-        if c is None:
-            break
-        votes.vote(eng, c["pair_id"], who, "a")
+        if loop == "combined":  # the Annotate page: the vote claims the next pair in its transaction
+            if c is None:
+                break
+            c = queue.vote_and_claim_next(eng, c["pair_id"], who, "a")["next"]
+        else:
+            c = queue.claim_next(eng, who)
+            if c is None:
+                break
+            votes.vote(eng, c["pair_id"], who, "a")
         n += 1
     q.put(n)
 
 
-def votes_per_second(url: str, n_procs: int = 8, seconds: float = 10.0, n_pairs: int = 20000) -> float:
+def votes_per_second(url: str, n_procs: int = 8, seconds: float = 10.0, n_pairs: int = 20000,
+                     loop: str = "separate") -> float:
     eng = connect(url)
     run = runs.create_run(eng, "throughput")
     runs.set_run_status(eng, run, "running")
@@ -66,7 +84,7 @@ def votes_per_second(url: str, n_procs: int = 8, seconds: float = 10.0, n_pairs:
     who = people(eng, n_procs, "tp")
     q = CTX.Queue()
     start_at = time.time() + 1.0
-    procs = [CTX.Process(target=_annotate, args=(url, w, seconds, start_at, q)) for w in who]
+    procs = [CTX.Process(target=_annotate, args=(url, w, seconds, start_at, q, loop)) for w in who]
     for p in procs:
         p.start()
     total = sum(q.get() for _ in procs)
@@ -132,12 +150,13 @@ def analyze(eng) -> None:
             conn.exec_driver_sql("ANALYZE")
 
 
-def claim_vote_latency(url: str, run: int, n: int = 400) -> tuple[float, float, float, float]:
-    """p95 and median (ms) of claim_next and of vote, one annotator, with `n` fresh pending pairs."""
+def claim_vote_latency(url: str, run: int, n: int = 400) -> tuple[float, float, float, float, float, float]:
+    """p95 and median (ms) of claim_next, of vote, and of vote_and_claim_next, one annotator, with `n`
+    fresh pending pairs for each."""
     eng = connect(url)
-    bulk_pairs(eng, run, n, [png(1000 + i) for i in range(8)], status="pending")
-    (me,) = people(eng, 1, "lat")
-    claims, vote_ms = [], []
+    bulk_pairs(eng, run, 2 * n, [png(1000 + i) for i in range(8)], status="pending")
+    (me,) = people(eng, 1, "lat" + str(time.time_ns() % 10**9))
+    claims, vote_ms, both = [], [], []
     for _ in range(n):
         t0 = time.perf_counter()
         c = queue.claim_next(eng, me)
@@ -146,7 +165,49 @@ def claim_vote_latency(url: str, run: int, n: int = 400) -> tuple[float, float, 
         t2 = time.perf_counter()
         claims.append((t1 - t0) * 1000)
         vote_ms.append((t2 - t1) * 1000)
-    return p95(claims), statistics.median(claims), p95(vote_ms), statistics.median(vote_ms)
+    c = queue.claim_next(eng, me)
+    for _ in range(n - 1):
+        t0 = time.perf_counter()
+        c = queue.vote_and_claim_next(eng, c["pair_id"], me, random.choice("ab"))["next"]
+        both.append((time.perf_counter() - t0) * 1000)
+    return (p95(claims), statistics.median(claims), p95(vote_ms), statistics.median(vote_ms), p95(both),
+            statistics.median(both))
+
+
+def cached_big_log(url: str, n_pairs: int, n_votes: int, cache_dir: str) -> tuple[int, float, str]:
+    """The SQLite big log, built once into cache_dir and copied to `url`'s file: (run, seconds, how)."""
+    path = Path(sa.make_url(url).database or "")
+    cached = Path(cache_dir) / f"dreamdpo-bench-log-{n_pairs}-{n_votes}.sqlite"
+    t0 = time.perf_counter()
+    if not cached.exists():
+        part = cached.with_suffix(".part")
+        part.unlink(missing_ok=True)
+        build_big_log(f"sqlite:///{part}", n_pairs, n_votes)
+        _copy_sqlite(part, cached)  # a consistent copy, WAL included
+        how = "built and cached"
+    else:
+        how = "copied from the cache"
+    _copy_sqlite(cached, path)
+    with connect(url).connect() as conn:
+        run = conn.execute(sa.select(sa.func.min(Pair.run_id))).scalar_one()
+    return run, time.perf_counter() - t0, how
+
+
+def _copy_sqlite(src: Path, dst: Path) -> None:
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    a.close()
+    b.close()
+
+
+def before_votes_per_second(tree: str, url: str, n_procs: int, seconds: float) -> float:
+    """The claim_next + vote loop of an older dreamdpo checkout (its bench's votes_per_second), run from
+    that tree in a child process on a fresh log at `url`."""
+    code = ("import sys; from bench.bench_db import votes_per_second; "
+            f"print(votes_per_second({url!r}, {n_procs}, {seconds}))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- decision → wait returns
@@ -193,14 +254,24 @@ def run_all(args, servers: list) -> None:
 
                 def url_for(tag, server=servers[0]):
                     return server.database()
-            vps = votes_per_second(url_for("tp"), args.procs, args.seconds)
-            print(f"{name}: {vps:.0f} votes/s with {args.procs} annotator processes", flush=True)
+            for loop in args.loops.split(","):
+                if loop == "before":
+                    if not args.before:
+                        continue
+                    vps = before_votes_per_second(args.before, url_for("before"), args.procs, args.seconds)
+                else:
+                    vps = votes_per_second(url_for(f"tp-{loop}"), args.procs, args.seconds, loop=loop)
+                print(f"{name}: {vps:.0f} votes/s with {args.procs} annotator processes, loop {loop}", flush=True)
             url = url_for("big")
-            run, _, built = build_big_log(url, args.pairs, args.votes)
-            c95, c50, v95, v50 = claim_vote_latency(url, run)
-            print(f"{name}: log of {args.pairs} pairs + {args.votes} votes built in {built:.0f} s; "
-                  f"claim_next p95 {c95:.1f} ms (median {c50:.1f}), vote p95 {v95:.1f} ms (median {v50:.1f})",
-                  flush=True)
+            if name == "sqlite" and args.cache:
+                run, built, how = cached_big_log(url, args.pairs, args.votes, args.cache)
+            else:
+                run, _, built = build_big_log(url, args.pairs, args.votes)
+                how = "built"
+            c95, c50, v95, v50, b95, b50 = claim_vote_latency(url, run)
+            print(f"{name}: log of {args.pairs} pairs + {args.votes} votes {how} in {built:.0f} s; "
+                  f"claim_next p95 {c95:.1f} ms (median {c50:.1f}), vote p95 {v95:.1f} ms (median {v50:.1f}), "
+                  f"vote_and_claim_next p95 {b95:.1f} ms (median {b50:.1f})", flush=True)
             w95, w50 = decision_to_wait(url)
             print(f"{name}: decision written → wait_for_decision returned: p95 {w95 * 1000:.0f} ms "
                   f"(median {w50 * 1000:.0f}) with poll 50 ms", flush=True)
@@ -213,6 +284,11 @@ def main(argv=None) -> int:
     ap.add_argument("--votes", type=int, default=1_000_000)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--procs", type=int, default=8)
+    ap.add_argument("--loops", default="before,separate,combined",
+                    help="throughput loops to run side by side: before (needs --before), separate, combined")
+    ap.add_argument("--before", default=None, help="an older dreamdpo tree whose claim_next + vote loop to run too")
+    ap.add_argument("--cache", default=tempfile.gettempdir(),
+                    help="folder where the SQLite big log is built once ('' to build it every time)")
     args = ap.parse_args(argv)
     servers: list = []
     try:

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db.accounts import active_annotator, check_active
@@ -76,21 +77,33 @@ _LIVE = _candidates(sa.and_(Pair.kind == "live", Run.status == "running"))
 _AUDIT_AND_QC = _candidates(sa.and_(Pair.kind != "live", Run.status != "cancelled"))
 # a locked candidate re-read: a fresh statement sees the commits made before the lock
 _RECOUNT = sa.select(_P.c.status, _P.c.votes_needed, holders(_PID, _NOW).label("holders")).where(_P.c.id == _PID)
-_RENEW = (sa.update(_C).where(_C.c.pair_id == _PID, _C.c.annotator_id == _ME)
-          .values(claimed_at=_NOW, expires_at=sa.bindparam("expires", type_=UTCDateTime())))
-_LEASE = sa.insert(_C)
+
+
+
+def _lease(dialect: str) -> sa.Insert:
+    """The lease written: a new claims row, or their own expired lease taken again (one upsert)."""
+    insert = postgresql.insert(_C) if dialect == "postgresql" else sqlite.insert(_C)
+    return insert.on_conflict_do_update(index_elements=[_C.c.pair_id, _C.c.annotator_id],
+                                        set_=dict(claimed_at=insert.excluded.claimed_at,
+                                                  expires_at=insert.excluded.expires_at))
+
+
+_LEASE = {name: _lease(name) for name in ("postgresql", "sqlite")}
 
 
 def _claim_first(conn: sa.Connection, pair_ids: Sequence[int], annotator_id: int, now: datetime,
                  lease_seconds: float, tier: str) -> dict | None:
+    dialect = conn.dialect.name
     for pair_id in pair_ids:
-        row = conn.execute(_RECOUNT, {"pid": pair_id, "now": now}).one()
-        if row.status != "pending" or row.holders >= row.votes_needed:
-            continue
+        # on PostgreSQL the candidates were read before their rows were locked: count again. On SQLite
+        # the scan ran under the write lock (BEGIN IMMEDIATE), so what it read still holds
+        if dialect != "sqlite" or tier == "direct":
+            row = conn.execute(_RECOUNT, {"pid": pair_id, "now": now}).one()
+            if row.status != "pending" or row.holders >= row.votes_needed:
+                continue
         expires = now + timedelta(seconds=lease_seconds)
-        renewed = conn.execute(_RENEW, {"pid": pair_id, "me": annotator_id, "now": now, "expires": expires})
-        if not renewed.rowcount:  # else: their own expired lease, taken again
-            conn.execute(_LEASE, dict(pair_id=pair_id, annotator_id=annotator_id, claimed_at=now, expires_at=expires))
+        conn.execute(_LEASE[dialect], dict(pair_id=pair_id, annotator_id=annotator_id, claimed_at=now,
+                                           expires_at=expires))
         return _claim_dict(conn, pair_id, expires, tier)
     return None
 

@@ -33,7 +33,7 @@ from db.consensus import outcome
 from db.engine import read_only
 from db.errors import LogError
 from db.leases import valid_claim
-from db.models import CHOICES, Claim, Decision, Pair, Run, Vote, float_or_none, int_or_none, utcnow
+from db.models import CHOICES, Annotator, Claim, Decision, Pair, Run, Vote, float_or_none, int_or_none, utcnow
 from db.pairs import insert_pair, lock_pair
 from db.runs import beat
 
@@ -66,7 +66,7 @@ def standing_vote(s: Session, pair_id: int, annotator_id: int) -> Vote | None:
 
 # The hot path (a person's vote, and db.queue's claims) is SQLAlchemy Core on one connection: a few
 # short statements built once, no ORM unit of work, so that SQLite's write lock is held briefly.
-_P, _V, _C, _D, _R = (cast(sa.Table, m.__table__) for m in (Pair, Vote, Claim, Decision, Run))
+_P, _V, _C, _D, _R, _A = (cast(sa.Table, m.__table__) for m in (Pair, Vote, Claim, Decision, Run, Annotator))
 _PID = sa.bindparam("pid", type_=sa.Integer())
 _ME = sa.bindparam("me", type_=sa.Integer())
 _MINE = _V.alias("mine")
@@ -86,7 +86,8 @@ _LOCK_ROW = sa.select(_P.c.id).where(_P.c.id == _PID).with_for_update()
 _FOR_VOTE = (
     sa.select(_P.c.run_id, _P.c.status, _P.c.deadline, _P.c.votes_needed, _R.c.status.label("run_status"),
               _C.c.expires_at, _MINE.c.id.label("mine_id"), _MINE.c.choice.label("mine_choice"),
-              _D.c.pair_id.label("decided"), *(_standing(c).label(f"n_{c}") for c in ("a", "b", "tie", "both_bad")))
+              _D.c.pair_id.label("decided"), *(_standing(c).label(f"n_{c}") for c in ("a", "b", "tie", "both_bad")),
+              sa.select(_A.c.active).where(_A.c.id == _ME).scalar_subquery().label("active"))
     .select_from(_P.join(_R, _R.c.id == _P.c.run_id)
                  .outerjoin(_C, sa.and_(_C.c.pair_id == _P.c.id, _C.c.annotator_id == _ME))
                  .outerjoin(_MINE, sa.and_(_MINE.c.pair_id == _P.c.id, _MINE.c.annotator_id == _ME,
@@ -124,7 +125,8 @@ def cast_vote(conn: sa.Connection, pair_id: int, annotator_id: int, choice: str,
     """vote() inside the caller's write transaction: (the result, None), or (None, why it was refused)
     when the pair takes no more votes (an expiry written here is to be committed before raising that)."""
     row = _locked(conn, pair_id, annotator_id)
-    check_active(conn, annotator_id)
+    if row is None or not row.active:  # the account's one-line error first (it raises), else the pair's
+        check_active(conn, annotator_id)
     if row is None:
         raise LogError(f"pair {pair_id} does not exist")
     if row.mine_id is not None:
