@@ -77,12 +77,6 @@ def lock_pair(s: Session, pair_id: int) -> Pair:
     return pair
 
 
-def expire_if_late(pair: Pair, now: datetime) -> None:
-    """A pending pair (locked) whose deadline has passed becomes expired."""
-    if pair.status == "pending" and pair.deadline is not None and pair.deadline <= now:
-        pair.status = "expired"
-
-
 def _rows_changed(s: Session, stmt: sa.Update) -> int:
     """Run an UPDATE; returns how many rows it changed (an UPDATE's result is a CursorResult)."""
     return int(cast("CursorResult[Any]", s.execute(stmt)).rowcount or 0)
