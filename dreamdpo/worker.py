@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from db import run_queue
 from dreamdpo.errors import UserError
 from dreamdpo.recording import DbRecorder
 from dreamdpo.storage import CHECKPOINT, RunStorage
@@ -37,8 +38,8 @@ class RunLost(Exception):
 class WorkerConfig:
     db: str | None = None  # the log's URL (None: $DREAMDPO_DB or the default log)
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
-    beat_s: float = 10.0  # heartbeat period
-    dead_after_s: float = 60.0  # a worker silent this long is dead; its run is re-queued
+    beat_s: float = run_queue.DEFAULT_BEAT_S  # heartbeat period
+    dead_after_s: float = run_queue.DEFAULT_DEAD_AFTER_S  # a worker silent this long is dead; its run is re-queued
     poll_s: float = 2.0  # how often an idle worker looks for a queued run
     scratch: str | None = None  # local folder for runs in progress (default: the system's temp folder)
     max_runs: int | None = None  # stop after this many runs (None: until stopped)
@@ -88,7 +89,6 @@ class Heart(threading.Thread):
                 self.lost.set()
 
     def beat_once(self) -> None:
-        from db import run_queue
         from db.engine import is_transient
 
         try:
@@ -123,8 +123,6 @@ class QueueRecorder(DbRecorder):
                           "another worker continues it")
 
     def _set_status(self, status, **kw):
-        from db import run_queue
-
         self._check_held()
         before = time.time()
         held = run_queue.update_held(self.engine, self.run_id, self.heart.worker, status,
@@ -144,8 +142,6 @@ class QueueRecorder(DbRecorder):
         self.store.put_file(Path(path), CHECKPOINT)
 
     def finish(self, status, outputs=None):
-        from db import run_queue
-
         if status == "paused":  # the worker is being stopped (SIGINT/SIGTERM): back to the queue
             if not self.heart.lost.is_set():
                 self.released = self._retry(lambda: run_queue.release_run(self.engine, self.run_id,
@@ -186,7 +182,6 @@ class Worker:
     def serve(self) -> int:
         """Claim and run queued runs until stopped, max_runs or (until_empty) an empty queue. Returns
         the number of runs this worker ended (finished, cancelled or failed)."""
-        from db import run_queue
         from db.engine import connect, is_transient
 
         engine = connect(self.cfg.db)
@@ -230,7 +225,6 @@ class Worker:
     def work_on(self, engine, run: dict, heart: Heart, scratch: Path) -> bool:
         """One claimed run, from its storage's checkpoint (if any) to its end. True when this worker
         ended it; False when it lost it (another worker continues)."""
-        from db import run_queue
         from dreamdpo.commands.run import logged_run_judge
         from dreamdpo.config import from_dict
         from dreamdpo.optimize import optimize

@@ -8,6 +8,8 @@ from dreamdpo.errors import UserError
 
 
 def add_commands(sub) -> None:
+    from db.run_queue import DEFAULT_BEAT_S, DEFAULT_DEAD_AFTER_S
+
     p = sub.add_parser("submit", help="queue runs in the log for `dreamdpo worker` processes: one prompt, or a "
                                       "prompt file × configs × seeds; prints their ids")
     what = p.add_mutually_exclusive_group(required=True)
@@ -32,8 +34,8 @@ def add_commands(sub) -> None:
     w.add_argument("--db", help="preference log URL or SQLite path (default $DREAMDPO_DB or the default log); "
                                 "workers on several hosts need PostgreSQL")
     w.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (one worker per GPU) | auto")
-    w.add_argument("--beat-s", type=float, default=10.0, help="heartbeat period in seconds")
-    w.add_argument("--dead-after-s", type=float, default=60.0,
+    w.add_argument("--beat-s", type=float, default=DEFAULT_BEAT_S, help="heartbeat period in seconds")
+    w.add_argument("--dead-after-s", type=float, default=DEFAULT_DEAD_AFTER_S,
                    help="a worker silent this long is dead: its run goes back to the queue")
     w.add_argument("--poll-s", type=float, default=2.0, help="how often an idle worker looks for queued runs")
     w.add_argument("--max-runs", type=int, help="stop after this many runs")
