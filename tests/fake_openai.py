@@ -54,13 +54,13 @@ class FakeOpenAI:
                     fake.hang_next -= hang
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                    self.counted = True
                 try:
                     if fake.on_request is not None:
                         fake.on_request(body)
                     fake._answer(self, body, hang)
                 finally:
-                    with fake._lock:
-                        fake.in_flight -= 1
+                    fake._finished(self)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -72,8 +72,17 @@ class FakeOpenAI:
         self.server.shutdown()
         self.server.server_close()
 
+    def _finished(self, handler):
+        """A request stops being in flight once its answer is about to go out (not when the handler thread
+        next runs: on a loaded machine the client may already have sent its next request by then)."""
+        with self._lock:
+            if getattr(handler, "counted", False):
+                self.in_flight -= 1
+                handler.counted = False
+
     def _send(self, handler, code: int, payload: dict):
         data = json.dumps(payload).encode()
+        self._finished(handler)
         try:
             handler.send_response(code)
             handler.send_header("Content-Type", "application/json")

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
-from annotator.browser import until_set
+from annotator.browser import until, until_set
 from annotator.guard import UNREACHABLE
 from annotator.simulated import annotate
 from db import accounts, pairs, queue, runs, votes
@@ -388,7 +388,11 @@ def test_a_run_carries_on_through_a_postgresql_stop_and_start(pg, toy_prior, tmp
             until_set(lambda: (runs.get_run(engine, run_id) or {}).get("step") if alive() is None else -1)
         pg_stop(pg)
         try:
-            time.sleep(5)  # the outage
+            if judge == "toy-reward":  # down until the run's own writes have met the outage, however slow its steps
+                until(lambda: "the log is unreachable" in (tmp_path / "stderr.txt").read_text() or alive(),
+                      "the run meeting the outage", timeout=600)
+            else:
+                time.sleep(5)  # the outage, while the run waits for people's next decision
             assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]  # not dead of it
         finally:
             pg_start(pg)
