@@ -38,7 +38,7 @@ class FakeOpenAI:
         self.requests: list[dict] = []  # {"auth", "body"}
         self.on_request = None
         self.in_flight = self.max_in_flight = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _send (which stops counting a request) runs inside it on the 500 path
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
