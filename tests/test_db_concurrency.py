@@ -261,12 +261,17 @@ def finish(procs: list[mp.Process], stop) -> None:
 
 
 @pytest.mark.slow
-def test_one_poster_eight_annotators_until_enough_work(log_url, tmp_path):
+@pytest.mark.parametrize("loop", ["two_calls", "one_call"])
+def test_one_poster_eight_annotators_until_enough_work(log_url, tmp_path, loop):
+    """8 annotator processes and a poster, each person claiming then voting (two calls) or voting and
+    claiming the next pair in one call (vote_and_claim_next): nothing lost, every vote inside its lease,
+    at most k voters, each decision written once."""
+    person = annotator if loop == "two_calls" else annotator_combined
     run_id, people = setup_log(log_url, 8)
     stop = CTX.Event()
     outs = [str(tmp_path / f"ack{i}") for i in range(9)]
     procs = [start(poster, log_url, run_id, stop, outs[0], 0)]
-    procs += [start(annotator, log_url, who, stop, outs[i + 1], i + 1) for i, who in enumerate(people)]
+    procs += [start(person, log_url, who, stop, outs[i + 1], i + 1) for i, who in enumerate(people)]
     try:
         wait_until(log_url, "the poster and annotators did too little work", votes=100, decisions=30)
     finally:
@@ -274,25 +279,7 @@ def test_one_poster_eight_annotators_until_enough_work(log_url, tmp_path):
     acked, waits, bad = read_acks(outs)
     seen = check_log(log_url, acked, waits, bad)
     assert seen["votes"] >= 100 and seen["decisions"] >= 30 and seen["waits"] > 5  # the run did real work
-    print(f"\n{log_url.split(':')[0]}: {seen}")
-
-
-@pytest.mark.slow
-def test_eight_annotators_voting_and_claiming_in_one_call(log_url, tmp_path):
-    """vote_and_claim_next under 8 processes and a poster: the same invariants as the two-call loop
-    (nothing lost, every vote inside its lease, at most k voters, each decision written once)."""
-    run_id, people = setup_log(log_url, 8)
-    stop = CTX.Event()
-    outs = [str(tmp_path / f"ack{i}") for i in range(9)]
-    procs = [start(poster, log_url, run_id, stop, outs[0], 0)]
-    procs += [start(annotator_combined, log_url, who, stop, outs[i + 1], i + 1) for i, who in enumerate(people)]
-    try:
-        wait_until(log_url, "the poster and annotators did too little work", votes=100, decisions=30)
-    finally:
-        finish(procs, stop)
-    acked, waits, bad = read_acks(outs)
-    seen = check_log(log_url, acked, waits, bad)
-    assert seen["votes"] >= 100 and seen["decisions"] >= 30 and seen["waits"] > 5
+    print(f"\n{log_url.split(':')[0]} ({loop}): {seen}")
 
 
 @pytest.mark.slow
