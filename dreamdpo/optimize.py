@@ -244,14 +244,16 @@ def _predict(prior, z, cams, cond, cfg, ts: tuple[int, int], seeds: list[int], o
 def most_different(images: torch.Tensor, V: int) -> tuple[int, int, list[float]]:
     """(i, j, per-group distances of i and j): of N candidates [N,B,3,H,W], the two whose views differ most
     (mean over camera groups of images.pixel_distance); with N = 2 that is (0, 1)."""
-    N, groups = images.shape[0], images.shape[1] // V
-
-    def dist(i: int, j: int) -> list[float]:
-        return [pixel_distance(images[i, g * V:(g + 1) * V], images[j, g * V:(g + 1) * V]) for g in range(groups)]
-
-    pairs = {(i, j): dist(i, j) for i in range(N) for j in range(i + 1, N)}
+    N = images.shape[0]
+    pairs = {(i, j): group_distances(images, i, j, V) for i in range(N) for j in range(i + 1, N)}
     (i, j), d = max(pairs.items(), key=lambda kv: sum(kv[1]))
     return i, j, d
+
+
+def group_distances(images: torch.Tensor, i: int, j: int, V: int) -> list[float]:
+    """images.pixel_distance of candidates i and j [N,B,3,H,W], per camera group of V views."""
+    return [pixel_distance(images[i, g * V:(g + 1) * V], images[j, g * V:(g + 1) * V])
+            for g in range(images.shape[1] // V)]
 
 
 def best_worst(images: torch.Tensor, score: Callable[[torch.Tensor], torch.Tensor], V: int,
@@ -263,8 +265,7 @@ def best_worst(images: torch.Tensor, score: Callable[[torch.Tensor], torch.Tenso
     i, j = int(means.argmax()), int(means.argmin())
     if i == j:
         i, j = 0, 1
-    groups = B // V
-    return i, j, [pixel_distance(images[i, g * V:(g + 1) * V], images[j, g * V:(g + 1) * V]) for g in range(groups)]
+    return i, j, group_distances(images, i, j, V)
 
 
 def indistinct(distance: float) -> Judgement:
