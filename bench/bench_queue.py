@@ -28,6 +28,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from annotator.browser import until
 from db import run_queue
 from db.engine import connect
 from db.models import Run
@@ -96,16 +97,6 @@ def run_row(eng, run_id: int) -> dict:
         return dict(conn.execute(sa.select(Run.__table__).where(Run.id == run_id)).mappings().one())
 
 
-def wait_for(cond, timeout: float = 900.0, every: float = 0.02):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError("the benchmark waited too long")
-
-
 def kill_to_resume(url: str, tmp: Path, beat_s: float, dead_after_s: float, steps: int = 400,
                    every: int = 20) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -122,18 +113,18 @@ def kill_to_resume(url: str, tmp: Path, beat_s: float, dead_after_s: float, step
     eng = connect(url)
     try:
         victim = ids[0]
-        row = wait_for(lambda: (r := run_row(eng, victim))["step"] > every + 2
-                       and (store / f"run-{victim}" / "checkpoints" / "last.pt").exists() and r)
+        row = until(lambda: (r := run_row(eng, victim))["step"] > every + 2
+                    and (store / f"run-{victim}" / "checkpoints" / "last.pt").exists() and r, "a checkpoint", 900)
         pid = int(row["worker"].split(":")[1])
         killed_at = time.time()
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: run_row(eng, victim)["status"] == "queued" or run_row(eng, victim)["attempts"] > 1)
+        until(lambda: (r := run_row(eng, victim))["status"] == "queued" or r["attempts"] > 1, "re-queue", 900)
         requeued = time.time() - killed_at
-        wait_for(lambda: run_row(eng, victim)["attempts"] == 2)
+        until(lambda: run_row(eng, victim)["attempts"] == 2, "a second claim", 900)
         claimed = time.time() - killed_at
         step_then = run_row(eng, victim)["step"]
         # the resumed run's first step logged (its progress write after the checkpoint's step)
-        wait_for(lambda: (r := run_row(eng, victim))["attempts"] == 2 and r["step"] != step_then)
+        until(lambda: (r := run_row(eng, victim))["attempts"] == 2 and r["step"] != step_then, "a resumed step", 900)
         resumed = time.time() - killed_at
     finally:
         for w in workers:
