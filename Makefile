@@ -31,6 +31,6 @@ lint: $(STAMP)
 test: lint $(STAMP) system-deps
 	.venv/bin/python -m pytest -q
 
-# the quick tier while working: every module, without the slow and browser tests
-test-fast: $(STAMP) system-deps
-	.venv/bin/python -m pytest -q -m "not slow and not browser"
+# the quick tier while working: every module on SQLite, without the slow, browser and PostgreSQL tests
+test-fast: $(STAMP)
+	.venv/bin/python -m pytest -q -m "not slow and not browser and not postgres"

@@ -45,18 +45,21 @@ RUN_CONFIG_DEFAULTS = {"prompt": "prompt", "backbone": "backbone", "judge": "jud
                        "seed": "seed", "device": "device", "tau": "dpo.tau"}
 
 
-def _run_config_defaults(run_parser) -> None:
-    from dreamdpo.config import RunConfig
+class RunDefaultsFormatter(DefaultsFormatter):
+    """`dreamdpo run --help`: RunConfig's defaults, read only when the help is printed (RunConfig imports
+    torch, which no other command should pay for)."""
 
-    cfg = RunConfig()
-    for action in run_parser._actions:
+    def _get_help_string(self, action):
+        text = super()._get_help_string(action)
         path = RUN_CONFIG_DEFAULTS.get(action.dest)
-        if path is None or "default" in (action.help or ""):
-            continue
-        value = cfg
+        if path is None or "default" in text:
+            return text
+        from dreamdpo.config import RunConfig
+
+        value = RunConfig()
         for part in path.split("."):
             value = getattr(value, part)
-        action.help = f"{action.help or ''} (default: {value!r})".strip().replace("%", "%%")
+        return f"{text} (default: {value!r})".strip().replace("%", "%%")
 
 
 def _all_parsers(parser):
@@ -83,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     for p in _all_parsers(parser):
         p.formatter_class = DefaultsFormatter
     if "run" in sub.choices:
-        _run_config_defaults(sub.choices["run"])
+        sub.choices["run"].formatter_class = RunDefaultsFormatter
     return parser
 
 

@@ -2,8 +2,9 @@
 the default toy prior, a tiny SD model, PNGs, the synthetic log, and a real PostgreSQL server.
 
 Markers: `slow` (seconds to minutes), `browser` (a real Chromium), `postgres` (put on every test that
-runs on the PostgreSQL server, through the `log_url` parameter). The quick tier is
-`make test-fast` = `pytest -m "not slow and not browser"`; CI (`make test`) runs everything.
+runs on the PostgreSQL server: through the `log_url` parameter, or by asking for `pg_server`). The quick
+tier is `make test-fast` = `pytest -m "not slow and not browser and not postgres"` (the PostgreSQL
+variants repeat the SQLite ones on the server); CI (`make test`) runs everything.
 """
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ def pytest_configure(config):
 
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, interrupt)
+
+
+def pytest_collection_modifyitems(items):
+    """A test that asks for the PostgreSQL server is a `postgres` test, marked or not."""
+    for item in items:
+        if "pg_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(scope="session", autouse=True)

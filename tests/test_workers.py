@@ -6,6 +6,8 @@ Three workers take five queued runs; one worker is killed (kill -9) in the middl
 first checkpoint. Its run is re-queued when its heartbeats stop, resumed by another worker from the
 checkpoint at the storage URL, and ends with exactly the parameters of an uninterrupted run of the
 same config (the queue holds two runs of each seed: the other one is the reference).
+The bad inputs run the CLI in-process (`dreamdpo.cli.main`); the real entry point's one-line errors are
+tests/test_bad_inputs.py's.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 from annotator.browser import until, until_set
 from db import engine as db_engine
 from db.models import Pair, Run, Worker
+from dreamdpo.cli import main as cli
 
 STEPS, EVERY = 40, 8
 TINY = ["test_views=1", "test_resolution=32", "mesh_resolution=16", "schedule.resolution=32", "export_mesh=false"]
@@ -193,30 +196,29 @@ def test_sigterm_gives_the_run_back_to_the_queue_and_the_next_worker_finishes_it
     (["--prompt", "a red cube", "--storage", "file:///proc/no-such-folder"], "storage URL file:///proc/no-such-folder is unreachable"),
     (["--prompt", "a red cube", "--storage", "STORE", "--config", "dpo.tau=0.01", "--config", "steps=-1"], "config 'steps=-1', seed 0\\): steps must be ≥ 1"),
 ])
-def test_submit_refuses_bad_input_in_one_line_and_queues_nothing(tmp_path, args, says):
+def test_submit_refuses_bad_input_in_one_line_and_queues_nothing(tmp_path, capsys, args, says):
     url = f"sqlite:///{tmp_path / 'log.sqlite'}"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cube\n# a comment\na purple banana\n")
     args = [str(prompts) if a == "PROMPTS" else (tmp_path / "store").as_uri() if a == "STORE" else a for a in args]
-    ok = dreamdpo("submit", "--db", url, "--prompt", "a green cone", "--storage", (tmp_path / "store").as_uri())
-    assert ok.returncode == 0, ok.stderr
-    bad = dreamdpo("submit", "--db", url, *args)
-    assert bad.returncode == 2
-    lines = bad.stderr.strip().splitlines()
-    assert len(lines) == 1 and re.search(says.replace("PROMPTS", re.escape(str(prompts))), lines[0]), bad.stderr
+    assert cli(["submit", "--db", url, "--prompt", "a green cone", "--storage", (tmp_path / "store").as_uri()]) == 0
+    capsys.readouterr()
+    assert cli(["submit", "--db", url, *args]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and re.search(says.replace("PROMPTS", re.escape(str(prompts))), lines[0]), err
     with db_engine.connect(url).connect() as conn:  # the earlier queued run is still there, and alone
         assert conn.execute(sa.select(Run.prompt, Run.status)).all() == [("a green cone", "queued")]
 
 
-def test_a_worker_asked_for_a_gpu_it_does_not_have_is_refused_before_registering(tmp_path):
+def test_a_worker_asked_for_a_gpu_it_does_not_have_is_refused_before_registering(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     url = f"sqlite:///{tmp_path / 'log.sqlite'}"
-    ok = dreamdpo("submit", "--db", url, "--prompt", "a green cone", "--storage", (tmp_path / "store").as_uri())
-    assert ok.returncode == 0, ok.stderr
-    bad = dreamdpo("worker", "--db", url, "--device", "cuda", "--once")
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines() == [
+    assert cli(["submit", "--db", url, "--prompt", "a green cone", "--storage", (tmp_path / "store").as_uri()]) == 0
+    capsys.readouterr()
+    assert cli(["worker", "--db", url, "--device", "cuda", "--once"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         "dreamdpo worker: error: device 'cuda' asked for but no CUDA GPU is visible; use --device cpu"]
     with db_engine.connect(url).connect() as conn:
         assert conn.execute(sa.select(Run.status, Run.worker, Run.attempts)).all() == [("queued", None, 0)]
