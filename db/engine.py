@@ -1,7 +1,8 @@
 """Where the log lives and how to open it: SQLite by default, PostgreSQL with the same code.
 
 SQLite: WAL, busy_timeout, foreign keys, and every write transaction starts with BEGIN IMMEDIATE so
-that a claim's read-then-write is serialized (the SQLite equivalent of FOR UPDATE SKIP LOCKED).
+that a claim's read-then-write is serialized (the SQLite equivalent of FOR UPDATE SKIP LOCKED); a
+writer waiting for the lock tries again every few milliseconds (`_begin_immediate`).
 Engines are cached per URL and process; a forked child gets fresh connections.
 
 Outages: `retry` calls a log operation again with back-off while the failure is transient (server
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import errno
 import os
+import random
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +28,7 @@ from db.errors import LogError, LogGone, LogUnreachable
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 15_000
+BEGIN_RETRY_S = (0.0005, 0.003)  # a waiting writer's pause between two tries of BEGIN IMMEDIATE (jittered)
 SQLITE_MAGIC = b"SQLite format 3\x00"
 _ENGINES: dict[str, tuple[int, sa.Engine]] = {}
 
@@ -120,7 +124,33 @@ def _sqlite_setup(engine: sa.Engine, path: Path | None) -> None:
         if conn.get_execution_options().get("readonly", False):
             conn.exec_driver_sql("BEGIN")
         else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            _begin_immediate(conn)
+
+
+def _begin_immediate(conn: sa.Connection) -> None:
+    """BEGIN IMMEDIATE, tried again every 0.5–3 ms (jittered) until BUSY_TIMEOUT_MS has passed.
+
+    SQLite's own busy handler sleeps 100 ms between tries once a writer has waited 0.3 s, and the lock
+    goes to whoever asks at the moment it is free: with several processes writing in a loop, one waiter
+    can lose every try for the whole busy timeout (seen in tests/test_db_concurrency.py on an idle
+    machine: `database is locked` after 15 s, 9 processes). Short jittered tries give each waiter its turn.
+    The last try, and any other error, goes through SQLAlchemy, so failures are reported as before."""
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    raw.execute("PRAGMA busy_timeout = 0")
+    try:
+        while time.monotonic() < deadline:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    break
+            time.sleep(random.uniform(*BEGIN_RETRY_S))
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _parse(url: str) -> sa.URL:

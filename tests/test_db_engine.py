@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import sqlite3
+import threading
 
 import numpy as np
 import pytest
@@ -34,6 +35,30 @@ def test_sqlite_pragmas_and_fresh_file_migrated(tmp_path):
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == db_engine._head()
     assert db_engine.connect(str(tmp_path / "sub" / "log.sqlite")) is eng  # cached per process
+
+
+def test_a_writer_waiting_for_the_lock_gets_it_once_freed_and_keeps_the_busy_timeout(tmp_path):
+    """BEGIN IMMEDIATE is tried again while another process holds the write lock, and succeeds once it is
+    released; the connection's busy timeout is the log's again afterwards (db.engine._begin_immediate)."""
+    url = f"sqlite:///{tmp_path / 'log.sqlite'}"
+    engine = db_engine.connect(url)
+    holder = sqlite3.connect(tmp_path / "log.sqlite", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    def release():
+        holder.execute("COMMIT")
+        released.set()
+
+    threading.Timer(0.3, release).start()
+    with engine.begin() as conn:
+        assert released.is_set()  # the lock was really held until then
+        conn.exec_driver_sql("INSERT INTO annotators (name, role, token_hash, created_at, active) "
+                             "VALUES ('x', 'annotator', 'h', CURRENT_TIMESTAMP, 1)")
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db_engine.BUSY_TIMEOUT_MS
+    holder.close()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM annotators WHERE name = 'x'").scalar() == 1
 
 
 def test_migration_matches_the_models(engine):
