@@ -1,8 +1,11 @@
 """A queued run's folder at a storage URL that every worker reaches (fsspec).
 
 `file:///shared/dreamdpo` on a shared file system; `s3://bucket/prefix`, `gs://...` for users who
-have an object store (fsspec's protocol packages: s3fs, gcsfs); `memory://` only inside one process
-(unit tests). A worker works in a local scratch folder and copies the checkpoint (with metrics.csv)
+have an object store (fsspec's protocol packages: `pip install dreamdpo[s3]` for s3fs, gcsfs for gs://);
+`memory://` only inside one process (unit tests). Credentials come from the store's own environment
+variables (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for S3), never from the URL or the log; an
+S3-compatible server (MinIO, Ceph) is reached with FSSPEC_S3_ENDPOINT_URL=http://host:9000.
+A worker works in a local scratch folder and copies the checkpoint (with metrics.csv)
 to the URL after each checkpoint, and the whole folder (turntable, mesh) when the run finishes; a
 worker that resumes the run fetches them first. Each file is written under a temporary name and
 moved into place, so a worker killed mid-copy never leaves a half-written checkpoint.
@@ -101,7 +104,8 @@ def check_reachable(url: str) -> None:
     store = RunStorage(url)
     probe = f".probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        store.fs.makedirs(store.root, exist_ok=True)
+        if url.startswith("file://"):  # object stores have no folders, and a missing bucket is not created
+            store.fs.makedirs(store.root, exist_ok=True)
         store.fs.pipe_file(store._path(probe), b"ok")
         store.fs.rm(store._path(probe))
     except Exception as e:  # permission, no such bucket, network, credentials: every backend its own type
