@@ -29,7 +29,7 @@ lint: $(STAMP)
 
 # everything (CI): lint first, then unit, integration, slow, browser and PostgreSQL tests
 test: lint $(STAMP) system-deps
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=25
 
 # the quick tier while working: every module on SQLite, without the slow, browser and PostgreSQL tests
 test-fast: $(STAMP)
