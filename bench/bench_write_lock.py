@@ -39,7 +39,7 @@ def writer(url: str, method: str, seconds: float, out) -> None:
                 conn.exec_driver_sql(INSERT)
                 for _ in range(3):
                     conn.exec_driver_sql("SELECT count(*) FROM runs WHERE id > 0").scalar()
-        except Exception:  # noqa: BLE001 — counted: `database is locked` after the busy timeout
+        except Exception:  # counted: `database is locked` after the busy timeout
             failures += 1
     out.put((waits, failures))
 
