@@ -64,6 +64,19 @@ def tiny_sd(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- images and logs
+@pytest.fixture()
+def run_folder(tmp_path):
+    """A worker's local run folder: a checkpoint, metrics, the folder lock (never copied) and a turntable frame."""
+    local = tmp_path / "run"
+    (local / "checkpoints").mkdir(parents=True)
+    (local / "checkpoints" / "last.pt").write_bytes(b"ckpt-1")
+    (local / "metrics.csv").write_text("step\n0\n")
+    (local / ".lock").write_text("")
+    (local / "turntable").mkdir()
+    (local / "turntable" / "frame_000.png").write_bytes(b"png")
+    return local
+
+
 @pytest.fixture(scope="session")
 def pngs() -> list[bytes]:
     """64 distinct small PNGs (8×8, flat colours), for pairs that need images but not particular ones."""

@@ -162,15 +162,9 @@ def test_a_stopping_worker_releases_its_run_and_a_cancelled_run_stays_cancelled(
     assert run_queue.queue_counts(engine) == {"cancelled": 1, "queued": 1}
 
 
-def test_a_run_folder_at_a_storage_url(tmp_path):
+def test_a_run_folder_at_a_storage_url(tmp_path, run_folder):
     store = RunStorage("memory://dreamdpo-test/run-7")
-    local = tmp_path / "run"
-    (local / "checkpoints").mkdir(parents=True)
-    (local / "checkpoints" / "last.pt").write_bytes(b"ckpt-1")
-    (local / "metrics.csv").write_text("step\n0\n")
-    (local / ".lock").write_text("")
-    (local / "turntable").mkdir()
-    (local / "turntable" / "frame_000.png").write_bytes(b"png")
+    local = run_folder
     assert not store.fetch_resume(tmp_path / "empty")
     store.put_file(local / "checkpoints" / "last.pt", CHECKPOINT)
     store.put_file(local / "metrics.csv", "metrics.csv")

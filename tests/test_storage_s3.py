@@ -53,16 +53,10 @@ def keys(client, bucket: str) -> set[str]:
     return {o["Key"] for page in pages for o in page.get("Contents", [])}
 
 
-def test_a_run_folder_in_a_bucket(s3, tmp_path):
+def test_a_run_folder_in_a_bucket(s3, tmp_path, run_folder):
     client, bucket = s3
     store = RunStorage(f"s3://{bucket}/queue/run-7")
-    local = tmp_path / "run"
-    (local / "checkpoints").mkdir(parents=True)
-    (local / "checkpoints" / "last.pt").write_bytes(b"ckpt-1")
-    (local / "metrics.csv").write_text("step\n0\n")
-    (local / ".lock").write_text("")
-    (local / "turntable").mkdir()
-    (local / "turntable" / "frame_000.png").write_bytes(b"png")
+    local = run_folder
     assert not store.fetch_resume(tmp_path / "empty")
     store.put_file(local / "checkpoints" / "last.pt", CHECKPOINT)
     store.put_file(local / "metrics.csv", "metrics.csv")
