@@ -38,9 +38,11 @@ def pair_status(engine, pair_id: int) -> str | None:
 
 def people_decisions(engine, run_id: int, exclude: Collection[int] = frozenset()) -> list[dict]:
     """Every pair of the run that people decided (not a model's record, not both-bad), oldest first,
-    with both candidates' PNG bytes; pairs in `exclude` (already learned from) are left out."""
+    with both candidates' PNG bytes and what regenerates them (t, seeds, cameras); pairs in `exclude`
+    (already learned from) are left out."""
     a, b = sa.orm.aliased(Image), sa.orm.aliased(Image)
-    q = (sa.select(Pair.id.label("pair_id"), Pair.step, Decision.winner, Decision.rule,
+    q = (sa.select(Pair.id.label("pair_id"), Pair.step, Decision.winner, Decision.rule, Decision.gap,
+                   Pair.t, Pair.t_b, Pair.seed_a, Pair.seed_b, Pair.camera.label("cameras"),
                    a.png.label("png_a"), b.png.label("png_b"))
          .join(Decision, Decision.pair_id == Pair.id)
          .join(a, a.id == Pair.image_a).join(b, b.id == Pair.image_b)

@@ -27,7 +27,7 @@ from dreamdpo.config import RunConfig
 from dreamdpo.errors import UserError
 from dreamdpo.field import EnvMapBackground, NeRFField, SolidBackground
 from dreamdpo.images import pixel_distance, png_bytes
-from dreamdpo.judges.base import Judge, JudgeContext, Judgement
+from dreamdpo.judges.base import Judge, JudgeContext, Judgement, LateDecision
 from dreamdpo.priors.base import DiffusionPrior
 from dreamdpo.recording import Recorder
 from dreamdpo.render import Renderer
@@ -473,22 +473,41 @@ def train_step(cfg: RunConfig, sc: Scene, step: int, run_id: int | None):
             else:
                 verdicts[g] = sc.judge.compare(c.images[0, sl], c.images[1, sl], cfg.prompt, ctx)
             judged.append((verdicts[g], c.images[0, sl], c.images[1, sl], ctx))
+    late = sc.judge.late_decisions() if sc.judge is not None else []
     tick("judge")
-    # 4. the gradient injected into z, regularisers, AdamW (a step every group skipped changes nothing)
+    # 4. the gradient injected into z, people's late verdicts replayed, regularisers, AdamW
+    #    (a step every group skipped changes nothing)
     grad = injected_gradient(sc.prior, z, c, verdicts, cfg)
     loss = losses.surrogate_loss(z.float(), grad) + w_orient * out.orientation
+    if late:
+        loss = loss + replayed_loss(cfg, sc, late, res)
     if cfg.schedule.sparsity_weight:
         loss = loss + cfg.schedule.sparsity_weight * losses.sparsity_loss(out.opacity)
     sc.optimizer.zero_grad(set_to_none=True)
-    if not (sc.judge is not None and all(v.skip for v in verdicts)):
+    if late or not (sc.judge is not None and all(v.skip for v in verdicts)):
         loss.backward()
         sc.optimizer.step()
     tick("backward")
     row = {"step": step, "loss": float(loss.detach()), "grad_norm": float(grad.norm()), "t_a": int(c.t[0, 0]),
            "t_b": int(c.t[1, 0]), "resolution": res, "opacity": float(out.opacity_mean.detach()), **tick.times}
     if sc.judge is not None:
-        row.update(verdict_columns([v for v in verdicts if v is not None], c, cfg))
+        row.update(verdict_columns([v for v in verdicts if v is not None], c, cfg), replayed=len(late))
     return row, judged, out.rgb.detach()
+
+
+def replayed_loss(cfg: RunConfig, sc: Scene, late: list[LateDecision], res: int) -> torch.Tensor:
+    """People's verdicts on earlier steps' pairs, as gradients at the current parameters (docs/method.md,
+    "Late decisions"): each pair is made again from its own cameras, t and noise seeds, and its winner
+    pulls and its loser is pushed by losses.preference_grad, as if people had answered at once."""
+    total = torch.zeros((), device=sc.device)
+    for d in late:
+        cams = Cameras.from_dicts(d.cameras).to(sc.device)
+        out = sc.renderer(cams, res, res, generator=generator(cfg.seed, d.step, Stream.BACKGROUND))
+        z = sc.prior.encode(out.rgb)
+        c = _predict(sc.prior, z, cams, sc.cond, cfg, d.t, list(d.seeds), cfg.dpo.variant == "timestep")
+        verdicts = [d.verdict] * (len(z) // sc.prior.n_views)
+        total = total + losses.surrogate_loss(z.float(), injected_gradient(sc.prior, z, c, verdicts, cfg))
+    return total
 
 
 def verdict_columns(vs: list[Judgement], c: Candidates, cfg: RunConfig) -> dict:
@@ -539,7 +558,7 @@ def export_outputs(cfg: RunConfig, renderer: Renderer, nerf: NeRFField, out_dir:
 
 METRIC_COLUMNS = ["step", "loss", "grad_norm", "t_a", "t_b", "resolution", "opacity", "render_ms", "prior_ms",
                   "judge_ms", "backward_ms", "winner", "gap", "skip", "push", "source", "distance", "draws", "votes",
-                  "agreement"]
+                  "agreement", "replayed"]
 
 
 def open_metrics(path: Path, start: int):

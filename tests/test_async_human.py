@@ -5,6 +5,7 @@ as the app, and the log as the only link between them.
 """
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -84,6 +85,12 @@ def test_async_run_learns_from_people_survives_kill_9_and_never_reposts(toy_prio
         rows = conn.execute(sa.text("SELECT step, status, distance, deadline FROM pairs WHERE run_id = :r"),
                             {"r": run_id}).all()
     asked = [r for r in rows if r.deadline is not None]
+    # each decision with a winner pushed the object once more, replayed at the parameters of the step it
+    # landed in; across the crash none twice (a metrics row after the checkpoint is dropped and redone)
+    with open(out / "metrics.csv", newline="") as f:
+        replayed = sum(int(r["replayed"] or 0) for r in csv.DictReader(f))
+    clear = [r for r in feedback.people_decisions(engine, run_id) if r["winner"] in ("a", "b")]
+    assert 1 <= replayed <= len(clear)
     # a step is posted to people at most once, across the crash and the resume
     assert len({r.step for r in asked}) == len(asked) and 3 <= len(asked) <= 14
     # no pair people could not tell apart ever reached them

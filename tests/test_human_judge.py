@@ -281,3 +281,32 @@ def test_quality_control_pairs_are_mixed_in_after_live_pairs(log):
     assert next(r for r in rows if r.kind == "gold" and r.id != gold).gold_answer == "a"
     with pytest.raises(UserError, match="gold_rate"):
         HumanJudge(engine, HumanPolicy(gold_rate=2.0, fallback="pull"))
+
+
+class FeatureJudge(FixedGapJudge):
+    """A model judge with image features, as async mode needs (its learned model's input)."""
+
+    def features(self, images):
+        return images.mean(dim=(2, 3))
+
+
+@pytest.mark.parametrize("replay", [True, False])
+def test_async_hands_each_late_decision_to_the_loop_once_with_what_remakes_its_pair(log, replay):
+    engine, run_id = log
+    judge = HumanJudge(engine, HumanPolicy(mode="async", ask_uncertainty=0.0, max_pairs=1, replay_late=replay),
+                       model_judge=FeatureJudge(0.0))
+    asked = judge.compare(*images(0), "a red cube", ctx(run_id, step=3))
+    assert asked.extra.get("asked") and judge.late_decisions() == []
+    for t in people(engine, ["b"]):
+        t.join()
+    judge.compare(*images(1), "a red cube", ctx(run_id, step=4))  # learns the decision as this step begins
+    late = judge.late_decisions()
+    assert len(judge.learned.examples) == 1
+    if not replay:
+        assert late == []
+        return
+    assert [(d.pair_id, d.step, d.t, d.seeds, d.verdict.winner, d.verdict.gap) for d in late] == [
+        (asked.pair_id, 3, (500, 400), (11, 12), "b", 1.0)]
+    assert late[0].cameras == [{"elevation": 0.0}] * 2
+    judge.compare(*images(2), "a red cube", ctx(run_id, step=5))
+    assert judge.late_decisions() == []  # never twice

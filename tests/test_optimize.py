@@ -206,3 +206,44 @@ def test_a_tie_pulls_only_even_at_tau_zero():
     assert torch.allclose(tie, 0.5 * (eps_cfg[0] - noise[0]))
     win_b = injected_gradient(prior, z, c, [Judgement(winner="b", gap=0.0, judge="human")], cfg)
     assert torch.allclose(win_b, 0.5 * (eps_cfg[1] - noise[1]) - 0.5 * (eps_cond[0] - noise[0]))
+
+
+def test_a_late_decision_replayed_at_the_same_parameters_is_the_gradient_of_its_own_step(tiny_sd, tmp_path):
+    """A person's verdict that arrives after its step (human.mode=async) is replayed from the pair's
+    cameras, t and noise seeds: at unchanged parameters that is exactly the push-pull the step would
+    have taken had the person answered at once, and the winner decides its direction."""
+    import dataclasses
+
+    from dreamdpo import losses
+    from dreamdpo.cameras import random_cameras
+    from dreamdpo.judges.base import Judgement, LateDecision
+    from dreamdpo.optimize import Scene, build_scene, injected_gradient, make_candidates, replayed_loss
+    from dreamdpo.seeding import Stream, generator
+
+    cfg = config(tiny_sd, tmp_path / "run")
+    device = torch.device("cpu")
+    prior = load_prior(cfg, device)
+    torch.manual_seed(0)
+    _, _, renderer = build_scene(cfg, device)
+    V, step, res = prior.n_views, 3, cfg.schedule.resolution
+    sc = Scene(prior, BrightnessJudge(), renderer, torch.optim.SGD(renderer.parameters(), lr=0.0),
+               prior.encode_prompt(cfg.prompt), dataclasses.replace(cfg.camera, n_views=V), V, V, device)
+
+    def param_grad(loss):
+        renderer.zero_grad(set_to_none=True)
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in renderer.parameters() if p.grad is not None])
+
+    cams = random_cameras(sc.camera_cfg, 1, generator(cfg.seed, step, Stream.CAMERAS))
+    out = renderer(cams, res, res, generator=generator(cfg.seed, step, Stream.BACKGROUND))
+    z = prior.encode(out.rgb)
+    c = make_candidates(prior, z, cams, sc.cond, cfg, step, two=True)
+    grads = {}
+    for winner in ("a", "b"):
+        verdict = Judgement(winner=winner, gap=1.0, judge="human")
+        z = prior.encode(renderer(cams, res, res, generator=generator(cfg.seed, step, Stream.BACKGROUND)).rgb)
+        at_once = param_grad(losses.surrogate_loss(z.float(), injected_gradient(prior, z, c, [verdict], cfg)))
+        late = LateDecision(1, step, (int(c.t[0, 0]), int(c.t[1, 0])), c.seeds, cams.as_dicts(), verdict)
+        grads[winner] = param_grad(replayed_loss(cfg, sc, [late], res))
+        assert torch.allclose(grads[winner], at_once, rtol=1e-4, atol=1e-7), winner
+    assert not torch.allclose(grads["a"], grads["b"], rtol=1e-2)

@@ -28,3 +28,12 @@ def test_a_darker_shade_of_the_colour_beats_another_hue():
     navy, purple, cyan = (square(rgb) for rgb in ((0.05, 0.05, 0.3), COLOURS["purple"], COLOURS["cyan"]))
     assert taste.choose(navy, purple) == "a" and taste.choose(navy, cyan) == "a"
     assert taste.choose(square(COLOURS["blue"]), square(COLOURS["blue"])) == "tie"
+
+
+@pytest.mark.parametrize("colour", ["red", "blue", "yellow"])
+def test_a_vivid_shade_beats_a_dull_one_and_a_dull_one_beats_the_next_hue(colour):
+    taste = Taste(colour=colour)
+    vivid, dull = (square(tuple(k * x for x in COLOURS[colour])) for k in (1.0, 0.5))
+    assert taste.choose(vivid, dull) == "a"
+    nearest = max((n for n in COLOURS if n != colour), key=lambda n: float(taste.score(square(COLOURS[n]))))
+    assert taste.choose(dull, square(COLOURS[nearest])) == "a", nearest

@@ -47,6 +47,19 @@ class Judgement:
         return mean(self.scores_a), mean(self.scores_b)
 
 
+@dataclass
+class LateDecision:
+    """People's verdict on a pair of an earlier step, which the run did not wait for (human.mode=async):
+    what it takes to make that pair again at the current parameters (docs/method.md, "Late decisions")."""
+
+    pair_id: int
+    step: int
+    t: tuple[int, int]
+    seeds: tuple[int, int]
+    cameras: list[dict]
+    verdict: Judgement
+
+
 def judgement_from_scores(name: str, scores_a: Tensor, scores_b: Tensor, raw: str | None = None) -> Judgement:
     """Per-view scores → winner by mean score (ties → 'a'), gap = |mean_a − mean_b|."""
     sa, sb = float(scores_a.float().mean()), float(scores_b.float().mean())
@@ -85,6 +98,11 @@ class Judge(ABC):
     def end_of_run(self, run_id: int | None) -> None:  # noqa: B027 (optional hook; most judges need nothing)
         """Called once after the last step, before the final checkpoint: a judge that waits on
         people closes what it still has open."""
+
+    def late_decisions(self) -> list[LateDecision]:
+        """Verdicts on earlier steps' pairs that arrived since the last call, to be replayed as gradients
+        at the current parameters; a judge that decides at its own step has none."""
+        return []
 
     def parts(self) -> list[Judge]:
         """The judges this one is made of (ensemble members, a guarded judge and its fallback, the

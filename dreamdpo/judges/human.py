@@ -31,7 +31,7 @@ from torch import Tensor
 
 from dreamdpo.errors import UserError
 from dreamdpo.images import images_from_png, quantize, views_png
-from dreamdpo.judges.base import Judge, JudgeContext, Judgement
+from dreamdpo.judges.base import Judge, JudgeContext, Judgement, LateDecision
 from dreamdpo.judges.learned import Example, PreferenceModel, target
 from dreamdpo.seeding import Stream, rng
 
@@ -62,6 +62,9 @@ class HumanPolicy:
     waiting_per_annotator: int = 2  # async: pairs kept waiting per annotator online (and with nobody online)
     ask_uncertainty: float = 0.5  # async: ask people when 1 − |2p − 1| ≥ this (p: the model's P(a ≻ b))
     prior_weight: float = 1.0  # async: β₀, the weight of the assist judge's score gap before any vote
+    # async: a decision that lands after its step also pushes at the current parameters, with the pair's
+    # own seeds, t and cameras (optimize.replayed_loss), besides teaching the learned model
+    replay_late: bool = True
 
     def check(self, has_model_judge: bool) -> None:
         """One-line errors for settings that cannot work."""
@@ -124,9 +127,14 @@ class HumanJudge(Judge):
         self.agreement: float | None = None  # the learned model's leave-one-out agreement with people
         self._posted: int | None = None  # async: live pairs this run has posted (read from the log once)
         self._prompt = ""
+        self._late: list[LateDecision] = []  # async: decisions learned since the loop last asked
 
     def parts(self) -> list[Judge]:
         return [self.model_judge] if self.model_judge is not None else []
+
+    def late_decisions(self) -> list[LateDecision]:
+        late, self._late = self._late, []
+        return late
 
     def state_dict(self) -> dict:
         return {"learned": None if self.learned is None else self.learned.state_dict(), "agreement": self.agreement}
@@ -243,13 +251,19 @@ class HumanJudge(Judge):
         from db import feedback
 
         rows = feedback.people_decisions(self.engine, run_id, exclude=self.learned.pair_ids)
-        examples = []
+        examples, late = [], []
         for r in rows:
             a, b = images_from_png(r["png_a"]), images_from_png(r["png_b"])
             sa, sb = self.model_judge.compare(a, b, prompt).mean_scores()
             df = self.model_judge.features(a).mean(0) - self.model_judge.features(b).mean(0)
             examples.append(Example(r["pair_id"], df, (sa or 0.0) - (sb or 0.0), target(r["winner"])))
+            if self.policy.replay_late and r["winner"] in ("a", "b") and r["seed_a"] is not None and r["cameras"]:
+                verdict = Judgement(winner=r["winner"], gap=float(r["gap"]), judge="human", pair_id=r["pair_id"],
+                                    extra={"source": "late"})
+                t = (r["t"], r["t"] if r["t_b"] is None else r["t_b"])
+                late.append(LateDecision(r["pair_id"], r["step"], t, (r["seed_a"], r["seed_b"]), r["cameras"], verdict))
         if self.learned.add(examples):
+            self._late += late  # only once the model holds them: a retried step finds none of them again
             self.agreement = self.learned.agreement()
 
     # ---- the log ----

@@ -21,6 +21,7 @@ from dreamdpo.toyworld.render import Placed
 from dreamdpo.toyworld.vocab import COLOURS, SHAPES
 
 TIE_BELOW = 0.01  # score differences a person cannot see (hue miss, or IoU)
+DULL_COST = 0.1  # a pixel with half the colour's chroma (dark red) loses 0.05: below any other hue
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,12 @@ class Taste:
 
         A pixel's hue miss is the angle between its chroma (the pixel minus its grey level) and the taste
         colour's, over π; a pixel with little chroma (grey, black, white) misses by 90°, so a person who
-        likes blue prefers blue, then navy, cyan or purple, and only then black. (The evaluator's
-        distance to the colour's shading line, which this used before, put black second for every
-        colour: a simulated blue lover drove the cube dark, and the dark cube turned cyan; measured in
-        bench/BENCHMARKS.md, "Steerability".)"""
+        likes blue prefers blue, then navy, cyan or purple, and only then black. Within the colour's hue a
+        vivid pixel beats a dull one (DULL_COST): red before dark red, dark red before orange. (The
+        evaluator's distance to the colour's shading line, which this used before, put black second for
+        every colour: a simulated blue lover drove the cube dark, and the dark cube turned cyan; without
+        the dull cost a red lover let the cube go dark red, which the prior's last steps read as brown
+        orange; measured in bench/BENCHMARKS.md, "Steerability".)"""
         imgs = images.detach().float().cpu().clamp(0, 1)
         if imgs.shape[-1] != EVAL_RES:
             imgs = torch.nn.functional.interpolate(imgs, size=(EVAL_RES, EVAL_RES), mode="area")
@@ -69,7 +72,8 @@ class Taste:
                 sat = q.norm(dim=-1)
                 miss = torch.arccos((q @ c / (sat * c.norm()).clamp(min=1e-6)).clamp(-1, 1)) / torch.pi
                 coloured = (sat / (0.5 * c.norm())).clamp(max=1)  # a grey pixel misses by 90°
-                out[v] = -(coloured * miss + (1 - coloured) * 0.5).mean()
+                dull = (1 - sat / c.norm()).clamp(0, 1)  # chroma short of the colour's own
+                out[v] = -(coloured * (miss + DULL_COST * dull) + (1 - coloured) * 0.5).mean()
         return out
 
     def choose(self, images_a: Tensor, images_b: Tensor, cameras: Cameras | None = None) -> str:
