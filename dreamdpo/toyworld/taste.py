@@ -62,19 +62,7 @@ class Taste:
                 raise ValueError("a shape taste needs the cameras of the views")
             sil = _silhouettes([Placed(self.shape)], cameras.to("cpu"))[0]
             return _iou(sil, fg)
-        c = torch.tensor(COLOURS[self.colour])
-        c = c - c.mean()  # the colour's chroma
-        out = torch.full((imgs.shape[0],), -1.0)
-        for v in range(imgs.shape[0]):
-            pix = imgs[v].permute(1, 2, 0)[fg[v]]
-            if len(pix):
-                q = pix - pix.mean(-1, keepdim=True)
-                sat = q.norm(dim=-1)
-                miss = torch.arccos((q @ c / (sat * c.norm()).clamp(min=1e-6)).clamp(-1, 1)) / torch.pi
-                coloured = (sat / (0.5 * c.norm())).clamp(max=1)  # a grey pixel misses by 90°
-                dull = (1 - sat / c.norm()).clamp(0, 1)  # chroma short of the colour's own
-                out[v] = -(coloured * (miss + DULL_COST * dull) + (1 - coloured) * 0.5).mean()
-        return out
+        return torch.tensor([hue_score(imgs[v].permute(1, 2, 0)[fg[v]], self.colour) for v in range(len(imgs))])
 
     def choose(self, images_a: Tensor, images_b: Tensor, cameras: Cameras | None = None) -> str:
         """'a', 'b' or 'tie', comparing the mean score over views."""
@@ -82,6 +70,20 @@ class Taste:
         if abs(d) < TIE_BELOW:
             return "tie"
         return "a" if d > 0 else "b"
+
+
+def hue_score(pixels: Tensor, colour: str) -> float:
+    """Pixels [P,3] in [0,1] → minus their mean miss of the colour (Taste.score); −1 with no pixels."""
+    if not len(pixels):
+        return -1.0
+    c = torch.tensor(COLOURS[colour])
+    c = c - c.mean()  # the colour's chroma
+    q = pixels - pixels.mean(-1, keepdim=True)
+    sat = q.norm(dim=-1)
+    miss = torch.arccos((q @ c / (sat * c.norm()).clamp(min=1e-6)).clamp(-1, 1)) / torch.pi
+    coloured = (sat / (0.5 * c.norm())).clamp(max=1)  # a grey pixel misses by 90°
+    dull = (1 - sat / c.norm()).clamp(0, 1)  # chroma short of the colour's own
+    return float(-(coloured * (miss + DULL_COST * dull) + (1 - coloured) * 0.5).mean())
 
 
 class TasteJudge(Judge):
