@@ -25,6 +25,7 @@ from dreamdpo.cameras import Cameras
 from dreamdpo.config import load_config
 from dreamdpo.judges.base import Judge, JudgeContext, Judgement, judgement_from_scores
 from dreamdpo.optimize import optimize
+from dreamdpo.recording import Recorder
 from dreamdpo.toyworld.evaluate import EVAL_RES, _silhouettes, evaluate_views
 from dreamdpo.toyworld.render import scene_layout
 from dreamdpo.toyworld.taste import hue_score
@@ -56,18 +57,36 @@ class OracleBindingJudge(Judge):
                                      self.score_views(images_b, prompt, cams))
 
 
+class TraceRecorder(Recorder):
+    """What the object looks like as the run goes: the evaluator's reading of the step's render every
+    `every` judged steps (the render and its cameras come with each judged pair)."""
+
+    def __init__(self, prompt: str, every: int = 20):
+        self.prompt, self.every, self.trace = prompt, every, []
+
+    def record(self, judgement, images_a, images_b, context) -> None:
+        if context.step % self.every == 0 and context.render is not None:
+            cams = Cameras.from_dicts(context.cameras)
+            ev = evaluate_views(context.render, cams, self.prompt)
+            oracle = float(OracleBindingJudge().score_views(context.render, self.prompt, cams).mean())
+            self.trace.append(f"{context.step}:{ev['predicted']}:{oracle:.2f}")
+
+
 def run(method: str, prompt: str, seed: int, steps: int, overrides: list[str], work: Path) -> dict:
     judge_name = {"sds": "none", "toy": "toy-reward", "oracle": "toy-reward"}[method]
     cfg = load_config(flags={"prompt": prompt, "backbone": "toy", "judge": judge_name, "steps": steps, "seed": seed,
                              "out": str(work / f"{method}-{seed}-{abs(hash(prompt)) % 10**6}")},
                       overrides=overrides)
     t0 = time.monotonic()
-    result = optimize(cfg, judge=OracleBindingJudge() if method == "oracle" else None, progress=False)
+    recorder = TraceRecorder(prompt)
+    result = optimize(cfg, judge=OracleBindingJudge() if method == "oracle" else None, recorder=recorder,
+                      progress=False)
     ev = evaluate_views(result.test_views, result.test_cameras, prompt)
     pushes = sum(float(r.get("push") or 0) for r in result.metrics) / max(1, len(result.metrics))
     return {"method": method, "prompt": prompt, "seed": seed, "wall_s": round(time.monotonic() - t0, 1),
             "push_share": round(pushes, 3), **{k: ev[k] for k in ("alignment", "colour_correct", "shape_correct",
-                                                                  "binding_correct", "scene_iou", "predicted")}}
+                                                                  "binding_correct", "scene_iou", "predicted")},
+            "trace": recorder.trace}
 
 
 def main() -> None:
