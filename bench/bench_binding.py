@@ -1,8 +1,8 @@
 """Can the DreamDPO loss bind two colours to two objects at all? A judge that makes no mistake, against
 the toy reward and SDS, on two-object prompts of the toy world.
 
-    python bench/bench_binding.py [--prompts "a red cube and a blue sphere"] [--seeds 0] [--methods sds toy oracle]
-                                  [--steps 300] [key=value ...]
+    python bench/bench_binding.py [key=value ...] [--prompts "a red cube and a blue sphere"] [--seeds 0]
+                                  [--methods sds toy oracle] [--steps 300] [--json rows.json]
 
 The oracle judge knows the intended scene: it scores each candidate view by how well the pixels where each
 object should be (its analytic silhouette from the view's camera, the other object's left out) match that
