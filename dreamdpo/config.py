@@ -74,6 +74,9 @@ class RunConfig:
     out: str | None = None  # default outputs/<run-name>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     guidance_scale: float = 7.5
+    # toy prior only: the share of guidance given to bound phrases ("red cube": images with a red cube) instead
+    # of single words ("red", "cube"); 0 = a bag of words, which never binds a colour to a shape (docs/method.md)
+    toy_binding: float = 0.0
     prior_resolution: int | None = None  # size renders are resized to for the prior (None = its native size)
     view_dependent_prompts: bool = False
     background: str = "envmap"  # envmap (neural, random solid-colour augmentation) | solid (white)

@@ -47,6 +47,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("prior_resolution", lambda v: v is None or (isinstance(v, int) and 8 <= v <= 4096),
      "empty or a whole number from 8 to 4096"),
     ("guidance_scale", lambda v: _finite(v) and v >= 0, "a finite number ≥ 0"),
+    ("toy_binding", lambda v: _finite(v) and 0 <= v <= 1, "a share of the guidance in [0, 1]"),
     ("seed", lambda v: isinstance(v, int) and 0 <= v < 2**63, "a whole number from 0 to 2^63-1"),
     ("schedule.resolution", lambda v: isinstance(v, int) and 8 <= v <= 4096, "a whole number from 8 to 4096"),
     ("schedule.resolution_milestones", lambda v: all(s >= 0 and 8 <= r <= 4096 for s, r in v),

@@ -74,7 +74,7 @@ def load_prior(cfg: RunConfig, device: torch.device) -> DiffusionPrior:
     if cfg.backbone == "toy":
         from dreamdpo.toyworld.prior import ToyPrior
 
-        return ToyPrior.build(device=device)
+        return ToyPrior.build(device=device, binding=cfg.toy_binding)
     if cfg.backbone == "mvdream" or cfg.backbone.startswith("mvdream:"):
         from dreamdpo.priors.mvdream import MVDreamPrior
 

@@ -107,6 +107,7 @@ def run_one(job: dict) -> dict:
     flags = {"prompt": prompt, "seed": seed, "device": device, "steps": job.get("steps"),
              "out": str(out), "test_views": job["test_views"], **METHODS[m]}
     cfg = load_config(None, flags, list(job.get("overrides", ())))
+    prior.binding = cfg.toy_binding  # the cached prior serves every job of this process
     t0 = time.perf_counter()
     res = optimize(cfg, prior=prior, judge=judge if cfg.judge != "none" else None, progress=False)
     ev = evaluate_views(res.test_views, res.test_cameras, prompt)

@@ -42,6 +42,7 @@ class ToyCondition:
     words: list[str]  # unique content words, prompt order
     negative_words: list[str]
     n_objects: int
+    phrases: list[tuple[str | None, str]]  # (colour, shape) of each object named, for binding > 0
 
 
 class _LayoutTensors:
@@ -73,6 +74,16 @@ class _LayoutTensors:
         self.v = v.to(device)
         self.colour_of = [[names[i] for i in row] for row in combos.tolist()]
 
+    def phrase_mask(self, colour: str | None, shape: str) -> Tensor:
+        """[G, N] bool: which images hold this shape in this colour, in one slot (the colour bound to it)."""
+        G, N = len(self.shapes), len(self.colour_of)
+        m = torch.zeros(G, N, dtype=torch.bool)
+        for s in range(len(self.shapes[0])):
+            g = torch.tensor([row[s] == shape for row in self.shapes])
+            c = torch.tensor([colour is None or row[s] == colour for row in self.colour_of])
+            m |= g[:, None] & c[None]
+        return m
+
     def word_mask(self, word: str) -> Tensor:
         """[G, N] bool: which (layout, colouring) images contain the word."""
         G, N = len(self.shapes), len(self.colour_of)
@@ -89,9 +100,10 @@ class ToyPrior(DiffusionPrior):
     resolution = 64
 
     def __init__(self, bank: Bank, device="cpu", k_cameras: int = 4, camera_sigma: float = 15.0,
-                 fovy_weight: float = 0.5, temperature: float = 1.0):
+                 fovy_weight: float = 0.5, temperature: float = 1.0, binding: float = 0.0):
         from diffusers import DDPMScheduler
 
+        self.binding = binding  # the share of guidance on bound phrases (RunConfig.toy_binding; 0: words only)
         self.device = torch.device(device)
         self.bank = bank
         self.resolution = bank.config.resolution
@@ -105,15 +117,18 @@ class ToyPrior(DiffusionPrior):
 
     @classmethod
     def build(cls, device="cpu", cache_dir=None, seed: int = 0, progress: bool = True,
-              k_cameras: int = 4, camera_sigma: float = 15.0, temperature: float = 1.0, **bank_opts) -> ToyPrior:
+              k_cameras: int = 4, camera_sigma: float = 15.0, temperature: float = 1.0, binding: float = 0.0,
+              **bank_opts) -> ToyPrior:
         bank = build_bank(BankConfig(seed=seed, **bank_opts), cache=cache_dir, progress=progress)
-        return cls(bank, device, k_cameras=k_cameras, camera_sigma=camera_sigma, temperature=temperature)
+        return cls(bank, device, k_cameras=k_cameras, camera_sigma=camera_sigma, temperature=temperature,
+                   binding=binding)
 
     # ---- interface ----
     def encode_prompt(self, prompt: str, negative_prompt: str = "") -> ToyCondition:
         scene = parse_prompt(prompt)
         neg = parse_words(negative_prompt) if negative_prompt.strip() else []
-        return ToyCondition(prompt, scene, list(dict.fromkeys(scene.words)), neg, len(scene.objects))
+        return ToyCondition(prompt, scene, list(dict.fromkeys(scene.words)), neg, len(scene.objects),
+                            list(dict.fromkeys((o.colour, o.shape) for o in scene.objects)))
 
     def encode(self, images: Tensor) -> Tensor:
         if images.shape[-1] != self.resolution or images.shape[-2] != self.resolution:
@@ -129,10 +144,16 @@ class ToyPrior(DiffusionPrior):
                       guidance_scale: float) -> NoisePrediction:
         eps_cfg, eps_cond = [], []
         for n in range(z_t.shape[0]):
-            words_eps, base_eps = self._word_eps(z_t[n], int(t[n]), cond, cameras[n])
+            words_eps, phrase_eps, base_eps = self._word_eps(z_t[n], int(t[n]), cond, cameras[n])
             s = guidance_scale / max(1, len(cond.words))
-            eps_cfg.append(base_eps + s * (words_eps - base_eps[None]).sum(0))
-            eps_cond.append(words_eps.mean(0))
+            if not self.binding:
+                eps_cfg.append(base_eps + s * (words_eps - base_eps[None]).sum(0))
+                eps_cond.append(words_eps.mean(0))
+                continue
+            r = self.binding  # ε_u + g·[(1 − r)·mean_w(ε_w − ε_u) + r·mean_p(ε_p − ε_u)]
+            words, phrases = (words_eps - base_eps[None]).mean(0), (phrase_eps - base_eps[None]).mean(0)
+            eps_cfg.append(base_eps + guidance_scale * ((1 - r) * words + r * phrases))
+            eps_cond.append((1 - r) * words_eps.mean(0) + r * phrase_eps.mean(0))
         out = lambda xs: torch.stack(xs).to(z_t.dtype)  # noqa: E731
         return NoisePrediction(eps_cfg=out(eps_cfg), eps_cond=out(eps_cond))
 
@@ -170,23 +191,27 @@ class ToyPrior(DiffusionPrior):
         return (2 * img - 1).reshape(masks.shape[0], *z.shape).to(z.dtype)
 
     def _masks(self, cond: ToyCondition) -> tuple[Tensor, bool]:
+        """Word banks, then (binding > 0) phrase banks, then the base (negative words, or every image)."""
         L = self._layouts[cond.n_objects]
         G, N = len(L.shapes), len(L.colour_of)
         masks = [L.word_mask(w) for w in cond.words]
+        if self.binding:
+            masks += [L.phrase_mask(c, s) for c, s in cond.phrases]
         if cond.negative_words:
             masks += [L.word_mask(w) for w in cond.negative_words]
         else:
             masks.append(torch.ones(G, N, dtype=torch.bool))
         return torch.stack(masks).to(self.device), bool(cond.negative_words)
 
-    def _word_eps(self, z_t: Tensor, t: int, cond: ToyCondition, camera: Cameras) -> tuple[Tensor, Tensor]:
+    def _word_eps(self, z_t: Tensor, t: int, cond: ToyCondition, camera: Cameras) -> tuple[Tensor, Tensor, Tensor]:
+        """ε of each word bank [W,...], of each phrase bank [P,...] (none at binding 0), and of the base."""
         masks, negative = self._masks(cond)
         x0 = self.denoise(z_t, t, masks, cond.n_objects, camera)
         a = self.alphas_cumprod[t].to(z_t.dtype)
         eps = (z_t[None] - a.sqrt() * x0) / (1 - a).sqrt()
-        n = len(cond.words)
-        base = eps[n:].mean(0)
-        return eps[:n], base
+        n, p = len(cond.words), len(cond.phrases) if self.binding else 0
+        base = eps[n + p:].mean(0)
+        return eps[:n], eps[n:n + p], base
 
 
 @torch.no_grad()
