@@ -14,7 +14,8 @@ def toy_defaults() -> dict:
         # 4, not the paper's 7.5: with 7.5 the high-t candidates are dark, over-driven images, the object
         # turns dark mid-run, and the low-t prior reads a dark colour as its neighbour (navy → cyan, dark
         # green → cyan, dark red → orange), so a person's taste was lost at the end. Async people, 30 votes:
-        # taste reached in 7 of 9 runs at 4, 4 of 8 at 7.5; SDS and the toy reward give "a red cube" at
+        # taste reached in 7 of 9 runs at 4, 4 of 8 at 7.5, one try each (7 of 22 tries on a re-run, session 7);
+        # SDS and the toy reward give "a red cube" at
         # both (bench/BENCHMARKS.md, "Steerability, session 4")
         "guidance_scale": 4.0,
         "background": "solid",  # the bank's renders are on white
