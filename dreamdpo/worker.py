@@ -267,7 +267,7 @@ class Worker:
         """The run's diffusion prior, loaded once per worker for each (backbone, resolution, prompts)."""
         from dreamdpo.optimize import load_prior
 
-        key = (cfg.backbone, cfg.prior_resolution, cfg.view_dependent_prompts)
+        key = (cfg.backbone, cfg.prior_resolution, cfg.view_dependent_prompts, cfg.toy_binding)
         if key not in self._priors:
             self._priors[key] = load_prior(cfg, self.device)
         return self._priors[key]

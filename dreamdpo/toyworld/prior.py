@@ -11,7 +11,9 @@ w_i ∝ exp(−‖z_t − √ᾱ_t·x_i‖² / 2(1−ᾱ_t)), and ε̂ = (z_t �
   named (one, or two joined by a relation) picks the scene layout every bank is drawn from.
   Words are a bag: "a red cube and a blue sphere" is as happy with a blue cube and a red sphere
   — the attribute-binding ambiguity of real text-to-image models, which preference feedback fixes.
-  Relations (left of / right of) do not condition the prior.
+  Relations (left of / right of) do not condition the prior. `binding` (RunConfig.toy_binding, default 0)
+  moves that share of the guidance to phrase banks, one per object named ("red cube": the images with a
+  red cube in one slot): ε̂ = ε_u + g·[(1 − b)·mean_w(ε_w − ε_u) + b·mean_p(ε_p − ε_u)], a prior that binds.
 - Negative prompt: its words' mean prediction replaces ε_u as the branch guidance moves away from.
 - eps_cond (the conditional-only prediction) is the mean of the word predictions, i.e. the
   composed prediction at total guidance 1.
