@@ -15,8 +15,8 @@ w_i ∝ exp(−‖z_t − √ᾱ_t·x_i‖² / 2(1−ᾱ_t)), and ε̂ = (z_t �
   moves that share of the guidance to phrase banks, one per object named ("red cube": the images with a
   red cube in one slot): ε̂ = ε_u + g·[(1 − b)·mean_w(ε_w − ε_u) + b·mean_p(ε_p − ε_u)], a prior that binds.
 - Negative prompt: its words' mean prediction replaces ε_u as the branch guidance moves away from.
-- eps_cond (the conditional-only prediction) is the mean of the word predictions, i.e. the
-  composed prediction at total guidance 1.
+- eps_cond (the conditional-only prediction) is the mean of the word predictions (with binding, the same
+  mix of word and phrase means), i.e. the composed prediction at total guidance 1.
 - Exact at full resolution and cheap: renders are linear in colour (render.py), so every
   distance ‖z_t − √ᾱ x_i‖² expands into dot products of z_t with a few geometry maps and a 4×4
   Gram matrix per (camera, layout); 1640 candidate images per bank camera cost one small matmul.
@@ -146,9 +146,9 @@ class ToyPrior(DiffusionPrior):
                       guidance_scale: float) -> NoisePrediction:
         eps_cfg, eps_cond = [], []
         for n in range(z_t.shape[0]):
-            words_eps, phrase_eps, base_eps = self._word_eps(z_t[n], int(t[n]), cond, cameras[n])
-            s = guidance_scale / max(1, len(cond.words))
+            words_eps, phrase_eps, base_eps = self._bank_eps(z_t[n], int(t[n]), cond, cameras[n])
             if not self.binding:
+                s = guidance_scale / max(1, len(cond.words))
                 eps_cfg.append(base_eps + s * (words_eps - base_eps[None]).sum(0))
                 eps_cond.append(words_eps.mean(0))
                 continue
@@ -205,7 +205,7 @@ class ToyPrior(DiffusionPrior):
             masks.append(torch.ones(G, N, dtype=torch.bool))
         return torch.stack(masks).to(self.device), bool(cond.negative_words)
 
-    def _word_eps(self, z_t: Tensor, t: int, cond: ToyCondition, camera: Cameras) -> tuple[Tensor, Tensor, Tensor]:
+    def _bank_eps(self, z_t: Tensor, t: int, cond: ToyCondition, camera: Cameras) -> tuple[Tensor, Tensor, Tensor]:
         """ε of each word bank [W,...], of each phrase bank [P,...] (none at binding 0), and of the base."""
         masks, negative = self._masks(cond)
         x0 = self.denoise(z_t, t, masks, cond.n_objects, camera)
