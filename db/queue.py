@@ -16,7 +16,7 @@ claim runs inside `BEGIN IMMEDIATE` (db.engine). The note on locking is in db/pa
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import cast
 
@@ -30,7 +30,7 @@ from db.errors import LogError
 from db.leases import holders, valid_claim
 from db.models import Claim, Image, Pair, Run, UTCDateTime, Vote, int_or_none, utcnow
 from db.pairs import lock_pair
-from db.votes import _check_vote, cast_vote, skip_reason, standing_vote
+from db.votes import _check_vote, cast_vote, refusal, skip_reason, standing_vote
 
 CLAIM_BATCH = 4  # candidates a tier locks at a time
 
@@ -49,19 +49,33 @@ _IA, _IB, _IR = _I.alias("ia"), _I.alias("ib"), _I.alias("ir")
 _VOTES_IN = (sa.select(sa.func.count()).select_from(_V)
              .where(_V.c.pair_id == _P.c.id, _V.c.annotator_id.is_not(None), _V.c.retracted.is_(False),
                     _V.c.choice != "skip").scalar_subquery())
-# everything the page shows of a claimed pair, in one statement
-_CLAIMED = (sa.select(_P.c.id.label("pair_id"), _P.c.run_id, _P.c.step, _R.c.prompt,
+
+
+def claimed_pair(pair_id: sa.ColumnElement[int]) -> sa.Select:
+    """Everything the page shows of a claimed pair, in one statement (`pair_id`: a bind parameter, or a column
+    of an outer query: PostgreSQL's server-side call joins it to the pair it claimed, db/vote_function.py)."""
+    return (sa.select(_P.c.id.label("pair_id"), _P.c.run_id, _P.c.step, _R.c.prompt,
                       sa.func.coalesce(_P.c.question, _R.c.question).label("question"), _P.c.kind, _P.c.view,
                       _IA.c.png.label("image_a"), _IB.c.png.label("image_b"), _IR.c.png.label("render_image"),
                       _P.c.votes_needed, _VOTES_IN.label("votes_in"), _P.c.deadline, _P.c.camera.label("cameras"))
             .select_from(_P.join(_R, _R.c.id == _P.c.run_id).join(_IA, _IA.c.id == _P.c.image_a)
                          .join(_IB, _IB.c.id == _P.c.image_b).outerjoin(_IR, _IR.c.id == _P.c.render_image))
-            .where(_P.c.id == _PID))
+            .where(_P.c.id == pair_id))
+
+
+_CLAIMED = claimed_pair(_PID)
+
+
+CLAIMED_KEYS: tuple[str, ...] = tuple(str(c.key) for c in _CLAIMED.selected_columns)
+
+
+def claim_from(read: Mapping, expires_at: datetime, tier: str) -> dict:
+    """A claim as the page gets it: the claimed pair's read (claimed_pair), the lease's end, the tier."""
+    return dict(read, votes_in=int(read["votes_in"]), expires_at=expires_at, tier=tier)
 
 
 def _claim_dict(conn: sa.Connection, pair_id: int, expires_at: datetime, tier: str) -> dict:
-    row = conn.execute(_CLAIMED, {"pid": pair_id}).mappings().one()
-    return dict(row, votes_in=int(row["votes_in"]), expires_at=expires_at, tier=tier)
+    return claim_from(conn.execute(_CLAIMED, {"pid": pair_id}).mappings().one(), expires_at, tier)
 
 
 def _candidates(tier: sa.ColumnElement[bool]) -> sa.Select[int]:
@@ -160,6 +174,15 @@ def vote_and_claim_next(engine: sa.Engine, pair_id: int, annotator_id: int, choi
     LogError and claims nothing."""
     reason = _check_vote(choice, shown_left, None)
     now = utcnow()
+    from db import vote_function  # it compiles this module's statements
+
+    function = vote_function.ready(engine)
+    if function is not None:  # PostgreSQL: the same rules in one round trip
+        result, claimed, why = vote_function.vote_and_claim_next(engine, function, pair_id, annotator_id, choice,
+                                                                 shown_left, latency_ms, lease_seconds, now)
+        if why is not None:
+            raise LogError(refusal(why[0], pair_id, why[1]))
+        return {"vote": result, "next": claimed}
     with engine.begin() as conn:
         result, refused = cast_vote(conn, pair_id, annotator_id, choice, shown_left, latency_ms, reason, now)
         claimed = None if refused is not None else _next(conn, annotator_id, now, lease_seconds)

@@ -101,6 +101,24 @@ _DECIDED = sa.update(_P).where(_P.c.id == _PID).values(status="decided")
 _DECISION = sa.select(_D).where(_D.c.pair_id == _PID)
 
 
+def refusal(kind: str, pair_id: int, detail: object = None) -> str:
+    """Why a person's vote on a pair was refused, as the one-line error says it. One wording for the Core path
+    (cast_vote) and PostgreSQL's server-side call (db/vote_function.py), which returns `kind` and `detail`."""
+    if kind == "no_pair":
+        return f"pair {pair_id} does not exist"
+    if kind == "voted":  # detail: the standing vote's choice
+        return f"you already voted {detail!r} on pair {pair_id}; undo it first to change your vote"
+    if kind == "cancelled":  # detail: the run
+        return f"run {detail} was cancelled; its pairs take no more votes"
+    if kind == "closed":  # detail: the pair's status
+        return f"pair {pair_id} is {detail}; it takes no more votes, claim the next one"
+    if kind == "no_lease":
+        return f"no valid lease on pair {pair_id} (it expired or was never claimed); claim the next pair"
+    if kind == "account":  # the account was deactivated and active again while the vote ran
+        return f"your account changed while voting on pair {pair_id}; vote again"
+    raise ValueError(f"unknown refusal {kind!r}")
+
+
 def _check_vote(choice: str, shown_left: str | None, reason: str | None) -> str | None:
     """The vote's arguments checked (one-line errors); returns the skip's reason as kept."""
     if choice not in CHOICES:
@@ -128,24 +146,23 @@ def cast_vote(conn: sa.Connection, pair_id: int, annotator_id: int, choice: str,
     if row is None or not row.active:  # the account's one-line error first (it raises), else the pair's
         check_active(conn, annotator_id)
     if row is None:
-        raise LogError(f"pair {pair_id} does not exist")
+        raise LogError(refusal("no_pair", pair_id))
     if row.mine_id is not None:
         if row.mine_choice != choice:
-            raise LogError(f"you already voted {row.mine_choice!r} on pair {pair_id}; "
-                           "undo it first to change your vote")
+            raise LogError(refusal("voted", pair_id, row.mine_choice))
         existing = conn.execute(_DECISION, {"pid": pair_id}).mappings().first()
         return dict(vote_id=row.mine_id, decided=existing is not None,
                     decision=None if existing is None else dict(existing)), None
     if row.run_status == "cancelled" or row.status == "cancelled":
-        raise LogError(f"run {row.run_id} was cancelled; its pairs take no more votes")
+        raise LogError(refusal("cancelled", pair_id, row.run_id))
     status = row.status
     if status == "pending" and row.deadline is not None and row.deadline <= now:
         conn.execute(_EXPIRE, {"pid": pair_id})
         status = "expired"
     if status != "pending":
-        return None, f"pair {pair_id} is {status}; it takes no more votes, claim the next one"
+        return None, refusal("closed", pair_id, status)
     if row.expires_at is None or row.expires_at <= now:
-        raise LogError(f"no valid lease on pair {pair_id} (it expired or was never claimed); claim the next pair")
+        raise LogError(refusal("no_lease", pair_id))
     vote_id = conn.execute(_INSERT_VOTE, dict(pair_id=pair_id, annotator_id=annotator_id, choice=choice,
                                               shown_left=shown_left, latency_ms=int_or_none(latency_ms), raw=reason,
                                               created_at=now, retracted=False)).scalar_one()
@@ -194,7 +211,7 @@ def log_judge(engine: sa.Engine, pair_id: int, judge_name: str, choice: str, sco
         raise LogError("a judge vote needs the judge's name")
     with Session(engine) as s, s.begin():
         if s.get(Pair, pair_id) is None:
-            raise LogError(f"pair {pair_id} does not exist")
+            raise LogError(refusal("no_pair", pair_id))
         v = Vote(pair_id=pair_id, judge_name=judge_name, choice=choice, score_a=float_or_none(score_a),
                  score_b=float_or_none(score_b), raw=raw, latency_ms=int_or_none(latency_ms), created_at=utcnow())
         s.add(v)
@@ -241,7 +258,7 @@ def decide(engine: sa.Engine, pair_id: int) -> dict | None:
     with engine.begin() as conn:
         row = _locked(conn, pair_id, None)
         if row is None:
-            raise LogError(f"pair {pair_id} does not exist")
+            raise LogError(refusal("no_pair", pair_id))
         if row.decided is not None:
             return dict(conn.execute(_DECISION, {"pid": pair_id}).mappings().one())
         if row.status != "pending":
