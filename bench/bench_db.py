@@ -3,7 +3,8 @@ and vote_and_claim_next with a big log (default 100k pairs, 1M votes), p95 from 
 wait_for_decision returning. SQLite file and a throw-away PostgreSQL (db/pg_cluster.py) unless --engines
 says otherwise.
 
-Throughput loops, side by side in one run: `combined` (vote_and_claim_next: what the Annotate page does),
+Throughput loops, side by side in one run: `combined` (vote_and_claim_next: what the Annotate page does;
+on PostgreSQL one round trip, db/vote_function.py), `combined_core` (the same call as Core statements),
 `separate` (claim_next, then vote), and with --before TREE (a checkout of an older dreamdpo, e.g. from
 `git archive`) that tree's own claim_next + vote loop, run in a child process from that tree.
 The SQLite big log is built once and cached in /tmp (--cache; copied for each run).
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from db import accounts, images, pairs, queue, runs, votes
+from db import accounts, images, pairs, queue, runs, vote_function, votes
 from db.engine import connect
 from db.models import Decision, Pair, Vote, utcnow
 
@@ -53,12 +54,14 @@ def people(eng, n: int, prefix: str) -> list[int]:
 # ----------------------------------------------------------------------------- votes/s
 def _annotate(url: str, who: int, seconds: float, start_at: float, q, loop: str = "separate") -> None:
     eng = connect(url)
+    if loop == "combined_core":  # PostgreSQL's vote + claim as Core statements, not its server-side function
+        vote_function._READY[eng] = None
     while time.time() < start_at:
         time.sleep(0.001)
     n, end = 0, start_at + seconds
-    c = queue.claim_next(eng, who) if loop == "combined" else None
+    c = queue.claim_next(eng, who) if loop != "separate" else None
     while time.time() < end:
-        if loop == "combined":  # the Annotate page: the vote claims the next pair in its transaction
+        if loop in ("combined", "combined_core"):  # the Annotate page: the vote claims the next pair in its transaction
             if c is None:
                 break
             c = queue.vote_and_claim_next(eng, c["pair_id"], who, "a")["next"]
@@ -285,7 +288,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--procs", type=int, default=8)
     ap.add_argument("--loops", default="before,separate,combined",
-                    help="throughput loops to run side by side: before (needs --before), separate, combined")
+                    help="throughput loops to run side by side: before (needs --before), separate, combined, "
+                         "combined_core (on PostgreSQL: vote_and_claim_next as Core statements, without "
+                         "db/vote_function.py's one round trip; the same as combined on SQLite)")
     ap.add_argument("--before", default=None, help="an older dreamdpo tree whose claim_next + vote loop to run too")
     ap.add_argument("--cache", default=tempfile.gettempdir(),
                     help="folder where the SQLite big log is built once ('' to build it every time)")
