@@ -1,14 +1,17 @@
 """A queued run's folder at a storage URL that every worker reaches (fsspec).
 
-`file:///shared/dreamdpo` on a shared file system; `s3://bucket/prefix`, `gs://...` for users who
-have an object store (fsspec's protocol packages: `pip install dreamdpo[s3]` for s3fs, gcsfs for gs://);
-`memory://` only inside one process (unit tests). Credentials come from the store's own environment
-variables (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for S3), never from the URL or the log; an
-S3-compatible server (MinIO, Ceph) is reached with FSSPEC_S3_ENDPOINT_URL=http://host:9000.
+`file:///shared/dreamdpo` on a shared file system; `s3://bucket/prefix`, `gs://bucket/prefix` for users
+who have an object store (fsspec's protocol packages: `pip install dreamdpo[s3]` for s3fs, `dreamdpo[gcs]`
+for gcsfs); `memory://` only inside one process (unit tests). Credentials come from the store's own
+environment variables (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for S3, GOOGLE_APPLICATION_CREDENTIALS for
+GCS), never from the URL or the log; an S3-compatible server (MinIO, Ceph) is reached with
+FSSPEC_S3_ENDPOINT_URL=http://host:9000, a GCS emulator with STORAGE_EMULATOR_HOST=http://host:port (and
+GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: emulators lack the gRPC service gcsfs asks about bucket types).
 A worker works in a local scratch folder and copies the checkpoint (with metrics.csv)
 to the URL after each checkpoint, and the whole folder (turntable, mesh) when the run finishes; a
-worker that resumes the run fetches them first. Each file is written under a temporary name and
-moved into place, so a worker killed mid-copy never leaves a half-written checkpoint.
+worker that resumes the run fetches them first. A worker killed mid-copy never leaves a half-written
+checkpoint: on a file system each file is written under a temporary name and renamed, and an object
+store's upload is atomic by itself.
 """
 from __future__ import annotations
 
@@ -47,6 +50,8 @@ class RunStorage:
         self.url = url.rstrip("/")
         self.fs, self.root = _open(self.url)
         self.root = self.root.rstrip("/")
+        protocols = {self.fs.protocol} if isinstance(self.fs.protocol, str) else set(self.fs.protocol)
+        self.on_file_system = bool(protocols & {"file", "local"})
 
     def _path(self, rel: str) -> str:
         return f"{self.root}/{rel}"
@@ -58,8 +63,14 @@ class RunStorage:
         return bool(self.fs.exists(self._path(rel)))
 
     def put_file(self, local: Path, rel: str) -> None:
-        """Copy a local file to rel, atomically: a reader sees the old file or the new one, whole."""
+        """Copy a local file to rel, atomically: a reader sees the old file or the new one, whole. An object
+        store's upload is atomic already (the object appears when the upload completes), so it is written in
+        place there; a file system gets a temporary name and a rename (a move on an object store would be a
+        second copy of the checkpoint)."""
         final = self._path(rel)
+        if not self.on_file_system:
+            self.fs.put_file(str(local), final)
+            return
         self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         part = f"{final}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
