@@ -10,7 +10,10 @@ fresh SQLite log, with the annotator voting beside it:
 - model: DreamDPO with the toy reward alone (the run "without people", for wall time);
 - blocking: people judge every 10th step and the run waits for them (30 votes in 300 steps);
 - async: the run never waits; the learned preference model judges every step and posts at most
-  30 pairs where it is unsure.
+  30 pairs where it is unsure;
+- every_step: the person judges every step at once, in-process (dreamdpo.toyworld.taste.TasteJudge: 300
+  votes, no log, no waiting, no learned model). Not a mode a person could keep up: the upper bound of
+  what votes can do through the loss, and deterministic (the same run every time).
 The share is the evaluator's colour_correct on the finished turntable for "a <taste> <shape>"
 (evaluate.py: not the judge, not the taste's own score). Results go in BENCHMARKS.md.
 """
@@ -31,7 +34,32 @@ METHODS = {
     "model": ["--judge", "toy-reward"],
     "blocking": ["--judge", "human", "human.mode=blocking", "human.every_k=10", "human.timeout_s=60"],
     "async": ["--judge", "human", "human.mode=async", "human.max_pairs=30"],
+    "every_step": [],  # in-process: run_every_step
 }
+
+
+def _share(views, cameras, taste: str, prompt: str) -> dict:
+    from dreamdpo.toyworld.evaluate import evaluate_views
+
+    ev = evaluate_views(views, cameras, f"a {taste} {prompt.split()[-1]}")
+    return {"share": ev["colour_correct"], "shape_ok": ev["shape_correct"], "predicted": ev["predicted"]}
+
+
+def run_every_step(taste: str, seed: int, prompt: str, steps: int, work: Path, overrides: list[str] = ()) -> dict:
+    """The simulated person as the run's judge, at every step (the module doc's `every_step`)."""
+    from dreamdpo.config import load_config
+    from dreamdpo.optimize import optimize
+    from dreamdpo.toyworld.taste import Taste, TasteJudge
+
+    cfg = load_config(flags={"prompt": prompt, "backbone": "toy", "judge": "toy-reward", "steps": steps,
+                             "seed": seed, "out": str(work / f"every_step-{taste}-{seed}")},
+                      overrides=["test_views=8", *overrides])
+    t0 = time.monotonic()
+    result = optimize(cfg, judge=TasteJudge(Taste(colour=taste)), progress=False)
+    wall = time.monotonic() - t0
+    votes = sum(1 for r in result.metrics if r.get("source") == "taste")
+    return {"method": "every_step", "taste": taste, "seed": seed, "wall_s": round(wall, 1), "votes": votes,
+            **_share(result.test_views, result.test_cameras, taste, prompt)}
 
 
 def run_one(method: str, taste: str, seed: int, prompt: str, steps: int, think: float, work: Path,
@@ -41,9 +69,10 @@ def run_one(method: str, taste: str, seed: int, prompt: str, steps: int, think: 
     from db.engine import connect
     from dreamdpo.cameras import orbit_cameras
     from dreamdpo.images import images_from_png
-    from dreamdpo.toyworld.evaluate import evaluate_views
     from dreamdpo.toyworld.taste import Taste
 
+    if method == "every_step":
+        return run_every_step(taste, seed, prompt, steps, work, overrides)
     log = f"sqlite:///{work / f'{method}-{taste}-{seed}.sqlite'}"
     out = work / f"{method}-{taste}-{seed}"
     engine = connect(log)
@@ -67,10 +96,8 @@ def run_one(method: str, taste: str, seed: int, prompt: str, steps: int, think: 
     import torch
 
     views = torch.cat([images_from_png(p.read_bytes()) for p in frames])
-    shape = prompt.split()[-1]
-    ev = evaluate_views(views, orbit_cameras(len(frames)), f"a {taste} {shape}")
-    return {"method": method, "taste": taste, "seed": seed, "share": ev["colour_correct"],
-            "shape_ok": ev["shape_correct"], "predicted": ev["predicted"], "wall_s": round(wall, 1), **result}
+    return {"method": method, "taste": taste, "seed": seed, "wall_s": round(wall, 1),
+            **_share(views, orbit_cameras(len(frames)), taste, prompt), **result}
 
 
 def main(argv=None) -> int:
