@@ -1,18 +1,19 @@
 """PostgreSQL: the Annotate page's vote and next claim (db.queue.vote_and_claim_next) in one round trip.
 
-Why: on PostgreSQL a vote + claim is 13 round trips (BEGIN, the pair's lock, the vote's read, its inserts, the
-three claim tiers, the lease, the claimed pair's read, COMMIT), and with 8 annotator processes on 2 cores the
-log is bound by the CPU that each round trip costs the client and the server (bench/BENCHMARKS.md). Here the
-same work is one statement: a PL/pgSQL function does the vote and the claim, and the claimed pair's read is
-joined to its result.
+Why: on PostgreSQL a vote + claim is 13 round trips (the pool's pre-ping, BEGIN, the pair's lock, the vote's
+read, its inserts, the three claim tiers, the lease, the claimed pair's read, COMMIT), and with 8 annotator
+processes on 2 cores the log is bound by the CPU that each round trip costs the client and the server. Here
+the same work is one statement: a PL/pgSQL function does the vote and the claim, and the claimed pair's read
+is joined to its result: 2 round trips with the pre-ping (bench/BENCHMARKS.md, "Preference log, session 8").
 
 One definition of the rules: the function's queries are the Core statements of db/votes.py and db/queue.py
 (the vote's read, the held lease, the two tiers' candidate scans, the re-count, the lease upsert), compiled
 for PostgreSQL when the function is built; its refusals are reported as db.votes.refusal kinds; its decision
-rule is db/consensus.py's, checked against `outcome` for every count up to 6 votes in the tests. The function
-is named after a hash of its source, so a changed statement builds a new function on first use. What the
-function does in PL/pgSQL is only the control flow of `cast_vote` and of NEXT_TASK_POLICIES, whose order
-it checks; a log whose role may not create functions, or a policy list it does not know, uses the Core path.
+rule is db/consensus.py's, checked against `outcome` in the tests for every count vector of up to 3 votes
+per outcome. The function is named after a hash of its source, so a changed statement builds a new function
+on first use. What the function does in PL/pgSQL is only the control flow of `cast_vote` and of
+NEXT_TASK_POLICIES, whose order it checks; a log whose role may not create functions, or a policy list it
+does not know, uses the Core path.
 """
 from __future__ import annotations
 
