@@ -467,7 +467,8 @@ def train_step(cfg: RunConfig, sc: Scene, step: int, run_id: int | None):
         for g in range(sc.B // sc.V):
             sl = slice(g * sc.V, (g + 1) * sc.V)
             ctx = JudgeContext(step=step, t=(int(c.t[0, 0]), int(c.t[1, 0])), seeds=c.seeds, distance=c.distance[g],
-                               cameras=cams[sl].as_dicts(), render=out.rgb[sl].detach(), run_id=run_id)
+                               cameras=cams[sl].as_dicts(), render=out.rgb[sl].detach(), run_id=run_id,
+                               steps=cfg.steps)
             if c.distance[g] < cfg.dpo.min_distance:
                 verdicts[g] = indistinct(c.distance[g])
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
@@ -15,7 +16,7 @@ from db.errors import LogError
 from db.models import Pair, Vote
 from dreamdpo.errors import UserError
 from dreamdpo.judges.base import Judge, JudgeContext, judgement_from_scores
-from dreamdpo.judges.human import HumanJudge, HumanPolicy, decision_to_judgement
+from dreamdpo.judges.human import HumanJudge, HumanPolicy, decision_to_judgement, paced_budget
 
 
 class FixedGapJudge(Judge):
@@ -248,6 +249,7 @@ def _pairs(engine) -> int:
     (HumanPolicy(votes_needed=0), FixedGapJudge(0), "votes_needed must be ≥ 1"),
     (HumanPolicy(every_k=0), FixedGapJudge(0), "every_k must be ≥ 1"),
     (HumanPolicy(audit_rate=2), FixedGapJudge(0), "audit_rate must be in"),
+    (HumanPolicy(mode="async", pace_until=1.5), FixedGapJudge(0), "pace_until must be in"),
 ])
 def test_bad_policies_are_one_line_errors(log, policy, model, message):
     with pytest.raises(UserError, match=message) as e:
@@ -310,3 +312,22 @@ def test_async_hands_each_late_decision_to_the_loop_once_with_what_remakes_its_p
     assert late[0].cameras == [{"elevation": 0.0}] * 2
     judge.compare(*images(2), "a red cube", ctx(run_id, step=5))
     assert judge.late_decisions() == []  # never twice
+
+
+def test_paced_budget_spreads_the_pairs_over_the_first_share_of_the_steps():
+    assert [paced_budget(30, 0.5, s, 300) for s in (0, 4, 5, 9, 10, 74, 148, 149, 299)] == [1, 1, 2, 2, 3, 15, 30, 30, 30]
+    assert paced_budget(30, 0.0, 0, 300) == paced_budget(30, 0.5, 0, 0) == 30  # no pacing, or steps unknown
+
+
+def test_async_posts_no_more_pairs_than_the_paced_budget_allows(log):
+    """An unsure model, nobody voting and room for many waiting pairs: what limits the posts is the pacing."""
+    engine, run_id = log
+    judge = HumanJudge(engine, HumanPolicy(mode="async", ask_uncertainty=0.0, max_pairs=10, pace_until=0.5,
+                                           waiting_per_annotator=100), model_judge=FeatureJudge(0.0))
+    posted = []
+    for step in range(60):
+        judge.compare(*images(step), "a red cube", replace(ctx(run_id, step=step), seeds=(2 * step, 2 * step + 1),
+                                                           steps=100))
+        posted.append(_pairs(engine))
+    assert posted == [paced_budget(10, 0.5, s, 100) for s in range(60)]
+    assert posted[0] == 1 and posted[49] == 10 and posted[59] == 10

@@ -25,6 +25,7 @@ class JudgeContext:
     render: Tensor | None = None  # [V,3,H,W] the current render, for context
     run_id: int | None = None
     distance: float | None = None  # how different the candidates look (images.pixel_distance)
+    steps: int = 0  # the run's number of steps (0: unknown)
 
 
 @dataclass

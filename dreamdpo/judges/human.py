@@ -23,6 +23,7 @@ recorder does not post it twice. Left/right shuffling is the app's business, not
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -59,6 +60,10 @@ class HumanPolicy:
     # judges every step, and a pair goes to people only where that model is unsure
     mode: str = "blocking"
     max_pairs: int = 30  # async: pairs posted to people per run, at most
+    # async: the budget is spread over the first pace_until of the run's steps: by step s at most
+    # ⌈max_pairs·(s + 1) / (pace_until·steps)⌉ pairs are posted (0: post while budget is left). Counted in
+    # steps, not seconds, so what people teach the model does not depend on how fast the machine is
+    pace_until: float = 0.0
     waiting_per_annotator: int = 2  # async: pairs kept waiting per annotator online (and with nobody online)
     ask_uncertainty: float = 0.5  # async: ask people when 1 − |2p − 1| ≥ this (p: the model's P(a ≻ b))
     prior_weight: float = 1.0  # async: β₀, the weight of the assist judge's score gap before any vote
@@ -98,6 +103,17 @@ class HumanPolicy:
                 raise UserError("human.max_pairs must be ≥ 0 and human.waiting_per_annotator ≥ 1")
             if not 0.0 <= self.ask_uncertainty <= 1.0:
                 raise UserError(f"human.ask_uncertainty must be in [0, 1], got {self.ask_uncertainty}")
+            if not 0.0 <= self.pace_until <= 1.0:
+                raise UserError(f"human.pace_until must be in [0, 1] (a share of the run's steps; 0: no pacing), "
+                                f"got {self.pace_until}")
+
+
+def paced_budget(max_pairs: int, pace_until: float, step: int, steps: int) -> int:
+    """Pairs a run may have posted to people by `step` (HumanPolicy.pace_until): the budget spread evenly over
+    the first pace_until·steps steps; all of it with no pacing or an unknown number of steps."""
+    if pace_until <= 0 or steps <= 0:
+        return max_pairs
+    return min(max_pairs, math.ceil(max_pairs * (step + 1) / (pace_until * steps)))
 
 
 def decision_to_judgement(decision: dict, pair_id: int) -> Judgement:
@@ -227,7 +243,7 @@ class HumanJudge(Judge):
                       extra={"source": "learned", "learned_from": len(self.learned.examples),
                              "agreement": self.agreement})
         unsure = 1 - abs(2 * p - 1) >= self.policy.ask_uncertainty or base.winner != winner
-        if unsure and self._room_for_a_pair(ctx.run_id):
+        if unsure and self._room_for_a_pair(ctx.run_id, ctx.step, ctx.steps):
             existing = feedback.find_pair(self.engine, ctx.run_id, ctx.step, *ctx.seeds)  # a resumed step
             j.pair_id = existing["pair_id"] if existing else self._post(images_a, images_b, ctx, "live", True)
             if not existing:
@@ -236,12 +252,12 @@ class HumanJudge(Judge):
             j.extra["asked"] = True
         return j
 
-    def _room_for_a_pair(self, run_id: int) -> bool:
+    def _room_for_a_pair(self, run_id: int, step: int, steps: int) -> bool:
         from db import feedback
 
         if self._posted is None:
             self._posted = feedback.posted_pairs(self.engine, run_id)
-        if self._posted >= self.policy.max_pairs:
+        if self._posted >= paced_budget(self.policy.max_pairs, self.policy.pace_until, step, steps):
             return False
         target = self.policy.waiting_per_annotator * max(1, feedback.annotators_online(self.engine))
         return feedback.waiting_pairs(self.engine, run_id) < target
