@@ -63,7 +63,8 @@ class HumanPolicy:
     # async: the budget is spread over the first pace_until of the run's steps: by step s at most
     # ⌈max_pairs·(s + 1) / (pace_until·steps)⌉ pairs are posted (0: post while budget is left). Counted in
     # steps, not seconds, so what people teach the model does not depend on how fast the machine is
-    pace_until: float = 0.0
+    # (0.8: bench/BENCHMARKS.md, "Steerability, session 8")
+    pace_until: float = 0.8
     waiting_per_annotator: int = 2  # async: pairs kept waiting per annotator online (and with nobody online)
     ask_uncertainty: float = 0.5  # async: ask people when 1 − |2p − 1| ≥ this (p: the model's P(a ≻ b))
     prior_weight: float = 1.0  # async: β₀, the weight of the assist judge's score gap before any vote
