@@ -55,7 +55,7 @@ def people(eng, n: int, prefix: str) -> list[int]:
 def _annotate(url: str, who: int, seconds: float, start_at: float, q, loop: str = "separate") -> None:
     eng = connect(url)
     if loop == "combined_core":  # PostgreSQL's vote + claim as Core statements, not its server-side function
-        vote_function._READY[eng] = None
+        vote_function.use_core_path(eng)
     while time.time() < start_at:
         time.sleep(0.001)
     n, end = 0, start_at + seconds

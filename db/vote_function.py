@@ -171,6 +171,11 @@ def _policies_known() -> bool:
     return queue.NEXT_TASK_POLICIES == (queue.held_lease, queue.live_pairs, queue.audit_and_qc_pairs)
 
 
+def use_core_path(engine: sa.Engine) -> None:
+    """Keep this engine's vote + claim on the Core statements (the benchmark's and the tests' comparison)."""
+    _READY[engine] = None
+
+
 def ready(engine: sa.Engine) -> str | None:
     """The function's name on this PostgreSQL log, built on first use (None: use the Core path)."""
     if engine in _READY:

@@ -50,8 +50,6 @@ class RunStorage:
         self.url = url.rstrip("/")
         self.fs, self.root = _open(self.url)
         self.root = self.root.rstrip("/")
-        protocols = {self.fs.protocol} if isinstance(self.fs.protocol, str) else set(self.fs.protocol)
-        self.on_file_system = bool(protocols & {"file", "local"})
 
     def _path(self, rel: str) -> str:
         return f"{self.root}/{rel}"
@@ -67,8 +65,10 @@ class RunStorage:
         store's upload is atomic already (the object appears when the upload completes), so it is written in
         place there; a file system gets a temporary name and a rename (a move on an object store would be a
         second copy of the checkpoint)."""
+        from fsspec.implementations.local import LocalFileSystem
+
         final = self._path(rel)
-        if not self.on_file_system:
+        if not isinstance(self.fs, LocalFileSystem):
             self.fs.put_file(str(local), final)
             return
         self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)

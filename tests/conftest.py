@@ -77,6 +77,27 @@ def run_folder(tmp_path):
     return local
 
 
+NEWER_CHECKPOINT = b"ckpt-2"
+
+
+def checkpoint_round_trip(store, local, tmp_path) -> None:
+    """What a worker does with a run's folder in an object store (tests/test_storage_*.py): nothing to resume
+    at first, a checkpoint and metrics put, a later checkpoint (NEWER_CHECKPOINT) replacing the first, both
+    fetched back by a resuming worker, then the whole folder put."""
+    from dreamdpo.storage import CHECKPOINT
+
+    assert not store.fetch_resume(tmp_path / "empty")
+    store.put_file(local / "checkpoints" / "last.pt", CHECKPOINT)
+    store.put_file(local / "metrics.csv", "metrics.csv")
+    (local / "checkpoints" / "last.pt").write_bytes(NEWER_CHECKPOINT)
+    store.put_file(local / "checkpoints" / "last.pt", CHECKPOINT)
+    other = tmp_path / "other"
+    assert store.fetch_resume(other)
+    assert (other / CHECKPOINT).read_bytes() == NEWER_CHECKPOINT
+    assert (other / "metrics.csv").read_text() == "step\n0\n"
+    store.put_tree(local)
+
+
 @pytest.fixture(scope="session")
 def pngs() -> list[bytes]:
     """64 distinct small PNGs (8×8, flat colours), for pairs that need images but not particular ones."""

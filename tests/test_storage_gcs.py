@@ -17,7 +17,8 @@ from gcp_storage_emulator.server import Server  # noqa: E402
 from gcsfs import GCSFileSystem  # noqa: E402
 
 from dreamdpo.errors import UserError  # noqa: E402
-from dreamdpo.storage import CHECKPOINT, RunStorage, check_reachable  # noqa: E402
+from dreamdpo.storage import RunStorage, check_reachable  # noqa: E402
+from tests.conftest import NEWER_CHECKPOINT, checkpoint_round_trip  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -50,24 +51,14 @@ def objects(server: str, bucket: str) -> dict[str, int]:
 
 def test_a_run_folder_in_a_gcs_bucket(gcs, tmp_path, run_folder):
     server, bucket = gcs
-    store = RunStorage(f"gs://{bucket}/queue/run-7")
-    local = run_folder
-    assert not store.fetch_resume(tmp_path / "empty")
-    store.put_file(local / "checkpoints" / "last.pt", CHECKPOINT)
-    store.put_file(local / "metrics.csv", "metrics.csv")
-    (local / "checkpoints" / "last.pt").write_bytes(b"ckpt-two")
-    store.put_file(local / "checkpoints" / "last.pt", CHECKPOINT)  # a later checkpoint replaces the first
-    other = tmp_path / "other"
-    assert store.fetch_resume(other)
-    assert (other / CHECKPOINT).read_bytes() == b"ckpt-two" and (other / "metrics.csv").read_text() == "step\n0\n"
-    store.put_tree(local)
+    checkpoint_round_trip(RunStorage(f"gs://{bucket}/queue/run-7"), run_folder, tmp_path)
     found = objects(server, bucket)
     assert set(found) == {"queue/run-7/checkpoints/last.pt", "queue/run-7/metrics.csv",
                           "queue/run-7/turntable/frame_000.png"}  # no .lock, no temporary copy
-    assert found["queue/run-7/checkpoints/last.pt"] == len(b"ckpt-two")
+    assert found["queue/run-7/checkpoints/last.pt"] == len(NEWER_CHECKPOINT)
     body = requests.get(f"{server}/download/storage/v1/b/{bucket}/o/queue%2Frun-7%2Fcheckpoints%2Flast.pt",
                         params={"alt": "media"}, timeout=30)
-    assert body.content == b"ckpt-two"
+    assert body.content == NEWER_CHECKPOINT
 
 
 def test_a_gcs_bucket_is_checked_and_never_created(gcs):

@@ -19,6 +19,7 @@ from db.models import Run
 from dreamdpo.cli import main as cli
 from dreamdpo.errors import UserError
 from dreamdpo.storage import CHECKPOINT, RunStorage, check_reachable
+from tests.conftest import NEWER_CHECKPOINT, checkpoint_round_trip
 
 TINY = ["test_views=1", "test_resolution=32", "mesh_resolution=16", "schedule.resolution=32", "export_mesh=false"]
 
@@ -55,21 +56,11 @@ def keys(client, bucket: str) -> set[str]:
 
 def test_a_run_folder_in_a_bucket(s3, tmp_path, run_folder):
     client, bucket = s3
-    store = RunStorage(f"s3://{bucket}/queue/run-7")
-    local = run_folder
-    assert not store.fetch_resume(tmp_path / "empty")
-    store.put_file(local / "checkpoints" / "last.pt", CHECKPOINT)
-    store.put_file(local / "metrics.csv", "metrics.csv")
-    (local / "checkpoints" / "last.pt").write_bytes(b"ckpt-2")
-    store.put_file(local / "checkpoints" / "last.pt", CHECKPOINT)  # a later checkpoint replaces the first
-    other = tmp_path / "other"
-    assert store.fetch_resume(other)
-    assert (other / CHECKPOINT).read_bytes() == b"ckpt-2" and (other / "metrics.csv").read_text() == "step\n0\n"
-    store.put_tree(local)
+    checkpoint_round_trip(RunStorage(f"s3://{bucket}/queue/run-7"), run_folder, tmp_path)
     assert keys(client, bucket) == {"queue/run-7/checkpoints/last.pt", "queue/run-7/metrics.csv",
                                     "queue/run-7/turntable/frame_000.png"}  # no .lock, no temporary copy
     body = client.get_object(Bucket=bucket, Key="queue/run-7/checkpoints/last.pt")["Body"].read()
-    assert body == b"ckpt-2"
+    assert body == NEWER_CHECKPOINT
 
 
 def test_a_bucket_is_checked_before_anything_is_queued_and_never_created(s3, s3_server):

@@ -34,7 +34,7 @@ def play(url: str, server_side: bool, clock: Clock, seed: int = 7) -> tuple[list
     """The scripted session on the log at `url`: (every call's answer or refusal, the log's rows)."""
     eng = db_engine.connect(url)
     if not server_side:
-        vote_function._READY[eng] = None  # the Core path
+        vote_function.use_core_path(eng)
     assert (vote_function.ready(eng) is not None) == server_side
     rng = random.Random(seed)
     people = [accounts.authenticate(eng, accounts.add_annotator(eng, f"p{i}"))["id"] for i in range(4)]
